@@ -1,0 +1,1 @@
+"""The benchmark suite behind ``quantmesh bench``: every performance figure we state."""

@@ -1,0 +1,1 @@
+"""The `quantmesh` command line: one module per command, registered in :mod:`.app`."""

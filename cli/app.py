@@ -1,0 +1,24 @@
+"""Entry point of the ``quantmesh`` console command."""
+
+from __future__ import annotations
+
+import typer
+
+from quantmesh.cli import bench, health, serve, ticks, up
+
+app = typer.Typer(
+    name="quantmesh",
+    no_args_is_help=True,
+    help="quantmesh: an AI forex trading platform on a gRPC service mesh.",
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(serve.app, name="serve")
+app.command("ticks")(ticks.ticks)
+app.command("bench")(bench.bench)
+app.command("up")(up.up)
+app.command("health")(health.health)
+
+
+def main() -> None:
+    """Run the CLI."""
+    app()

@@ -1,0 +1,140 @@
+"""Producer side of quantmesh's bidi Subscribe streams: credit, acks, resume, draining.
+
+Every pipeline stage streams the same way (DESIGN.md, "Stream semantics"):
+
+- the consumer's first message opens the subscription, with ``from_seq`` to resume from;
+- the producer numbers items with consecutive seqs and never sends more batches than
+  the consumer's credit allows, so a consumer that grants nothing receives nothing;
+- acks tell the producer what the consumer has fully processed;
+- when the service drains, the stream ends with UNAVAILABLE naming the seq to resume from.
+
+:class:`CreditFlow` is the pure state machine; :func:`produce` is the loop the servicers
+run. Neither knows what a batch contains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from quantmesh.runtime.errors import InvalidArgument, Unavailable
+
+
+class Sequenced(Protocol):
+    """A batch with a first seq and a number of items."""
+
+    @property
+    def seq(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
+BatchT = TypeVar("BatchT", bound=Sequenced)
+MessageT = TypeVar("MessageT")
+
+
+@dataclass
+class CreditFlow:
+    """Credit and ack bookkeeping of one stream.
+
+    ``credit`` counts batches the producer may still send; ``sent_through`` is the seq of
+    the last item sent (``from_seq - 1`` before the first batch); ``acked_through`` the
+    highest seq acknowledged.
+    """
+
+    credit: int
+    sent_through: int
+    acked_through: int
+    consumer_done: bool = False
+    error: Exception | None = None
+
+    def __post_init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    @classmethod
+    def starting_at(cls, from_seq: int, initial_credit: int) -> CreditFlow:
+        if initial_credit < 0:
+            raise InvalidArgument(f"initial_credit must be 0 or more, got {initial_credit}")
+        return cls(credit=initial_credit, sent_through=from_seq - 1, acked_through=from_seq - 1)
+
+    def grant(self, batches: int) -> None:
+        """Add credit; a grant below 1 is a client bug and ends the stream."""
+        if batches < 1:
+            raise InvalidArgument(f"credit must grant at least 1 batch, got {batches}")
+        self.credit += batches
+        self._changed.set()
+
+    def ack(self, seq: int) -> None:
+        """Record an ack. Acks of unsent items are rejected; stale acks are harmless."""
+        if seq > self.sent_through:
+            raise InvalidArgument(
+                f"ack of seq {seq} is ahead of the stream: the last seq sent is {self.sent_through}"
+            )
+        self.acked_through = max(self.acked_through, seq)
+
+    def fail(self, error: Exception) -> None:
+        self.error = error
+        self._changed.set()
+
+    def finish_input(self) -> None:
+        """The consumer half-closed: no more credit can arrive."""
+        self.consumer_done = True
+        self._changed.set()
+
+    def on_sent(self, last_seq: int) -> None:
+        self.credit -= 1
+        self.sent_through = last_seq
+
+    async def wait_for_credit(self, shutdown: asyncio.Event) -> bool:
+        """Wait until a batch may be sent. False means the stream should end normally."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            if shutdown.is_set():
+                raise Unavailable(
+                    f"the service is shutting down; resubscribe with from_seq={self.sent_through + 1}"
+                )
+            if self.credit > 0:
+                return True
+            if self.consumer_done:
+                return False
+            self._changed.clear()
+            waiters = {
+                asyncio.ensure_future(self._changed.wait()),
+                asyncio.ensure_future(shutdown.wait()),
+            }
+            _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in pending:
+                waiter.cancel()
+
+
+async def read_controls(
+    requests: AsyncIterator[object],
+    flow: CreditFlow,
+    handle: Callable[[object, CreditFlow], None],
+) -> None:
+    """Apply the consumer's control messages to ``flow`` until it half-closes."""
+    try:
+        async for request in requests:
+            handle(request, flow)
+    except InvalidArgument as error:
+        flow.fail(error)
+        return
+    flow.finish_input()
+
+
+async def produce(
+    batches: AsyncIterable[BatchT],
+    flow: CreditFlow,
+    shutdown: asyncio.Event,
+    to_message: Callable[[BatchT], MessageT],
+) -> AsyncIterator[MessageT]:
+    """Yield messages for ``batches`` as credit allows, recording what was sent."""
+    async for batch in batches:
+        if not await flow.wait_for_credit(shutdown):
+            return
+        message = to_message(batch)
+        flow.on_sent(batch.seq + len(batch) - 1)
+        yield message

@@ -1,0 +1,1 @@
+"""quantmesh services: each one a pure domain core plus a thin grpc.aio adapter."""

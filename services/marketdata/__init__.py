@@ -1,0 +1,1 @@
+"""Market data service: tick sources, their domain types, and the gRPC adapter."""

@@ -1,0 +1,108 @@
+"""gRPC adapter of the market data service: validates, converts, calls the core."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
+from quantmesh.runtime.errors import InvalidArgument, abort_on_domain_error
+from quantmesh.runtime.logging import get_logger
+from quantmesh.runtime.streams import CreditFlow, produce, read_controls
+from quantmesh.services.marketdata import convert
+from quantmesh.services.marketdata.core import MarketData, paced
+
+SERVICE_NAME = marketdata_pb2.DESCRIPTOR.services_by_name["MarketDataService"].full_name
+
+_log = get_logger("marketdata")
+
+
+class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
+    """Serves :class:`MarketData` over gRPC; ``shutdown`` drains open streams."""
+
+    def __init__(self, core: MarketData, shutdown: asyncio.Event) -> None:
+        self._core = core
+        self._shutdown = shutdown
+
+    async def ListSymbols(
+        self, request: marketdata_pb2.ListSymbolsRequest, context: grpc.aio.ServicerContext
+    ) -> marketdata_pb2.ListSymbolsResponse:
+        return marketdata_pb2.ListSymbolsResponse(
+            symbols=[convert.symbol_to_proto(symbol) for symbol in self._core.symbols]
+        )
+
+    async def GetSymbolInfo(
+        self, request: marketdata_pb2.GetSymbolInfoRequest, context: grpc.aio.ServicerContext
+    ) -> marketdata_pb2.GetSymbolInfoResponse:
+        async with abort_on_domain_error(context):
+            if not request.symbol:
+                raise InvalidArgument("symbol is required, e.g. EURUSD")
+            info = self._core.symbol(request.symbol)
+        return marketdata_pb2.GetSymbolInfoResponse(info=convert.symbol_to_proto(info))
+
+    async def GetRates(
+        self, request: marketdata_pb2.GetRatesRequest, context: grpc.aio.ServicerContext
+    ) -> marketdata_pb2.GetRatesResponse:
+        async with abort_on_domain_error(context):
+            timeframe = convert.timeframe_from_proto(request.timeframe)
+            bars = self._core.rates(
+                request.symbol,
+                timeframe,
+                request.from_time_ms,
+                request.to_time_ms,
+                request.limit,
+            )
+            assert timeframe is not None  # rates() rejects a missing timeframe
+            symbol = self._core.symbol(request.symbol)
+        return marketdata_pb2.GetRatesResponse(
+            rates=convert.rates_to_proto(symbol, timeframe, bars)
+        )
+
+    async def Subscribe(
+        self,
+        request_iterator: AsyncIterator[marketdata_pb2.SubscribeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[marketdata_pb2.SubscribeResponse]:
+        async with abort_on_domain_error(context):
+            first = await anext(request_iterator, None)
+            if first is None:
+                return
+            if first.WhichOneof("control") != "subscribe":
+                raise InvalidArgument(
+                    "the first message of Subscribe must be `subscribe`, "
+                    f"got `{first.WhichOneof('control') or 'an empty message'}`"
+                )
+            plan = self._core.plan(convert.subscription_from_proto(first.subscribe))
+            flow = CreditFlow.starting_at(plan.from_seq, plan.initial_credit)
+            reader = asyncio.create_task(read_controls(request_iterator, flow, _apply_control))
+            _log.info(
+                "subscribed",
+                peer=context.peer(),
+                symbols=[symbol.name for symbol in plan.symbols],
+                from_seq=plan.from_seq,
+                batch_size=plan.batch_size,
+                speed=plan.speed,
+            )
+            encode = convert.TickBatchEncoder(plan.symbols, plan.total)
+            try:
+                batches = paced(plan.batches(), plan.speed)
+                async for message in produce(batches, flow, self._shutdown, encode):
+                    yield message
+            finally:
+                reader.cancel()
+                _log.info("stream ended", peer=context.peer(), sent_through=flow.sent_through)
+
+
+def _apply_control(request: object, flow: CreditFlow) -> None:
+    assert isinstance(request, marketdata_pb2.SubscribeRequest)
+    kind = request.WhichOneof("control")
+    if kind == "credit":
+        flow.grant(request.credit.batches)
+    elif kind == "ack":
+        flow.ack(request.ack.seq)
+    elif kind == "subscribe":
+        raise InvalidArgument("`subscribe` may be sent only once, as the first message")
+    else:
+        raise InvalidArgument("empty control message: set one of subscribe, ack or credit")
