@@ -57,26 +57,25 @@ def service_process(
 ) -> Iterator[ServiceProcess]:
     """Start ``quantmesh serve <service>`` on a free port and wait until it is SERVING."""
     port = free_port()
-    # Logs go to a file: a pipe nobody reads would block the service once full.
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "quantmesh.cli", "serve", service, "--port", str(port)],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
     address = f"127.0.0.1:{port}"
-    try:
-        _wait_serving(process, address, timeout, log)
-        yield ServiceProcess(process, address)
-    finally:
-        log.close()
-        process.terminate()
+    # Logs go to a file: a pipe nobody reads would block the service once full.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "quantmesh.cli", "serve", service, "--port", str(port)],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            _wait_serving(process, address, timeout, log)
+            yield ServiceProcess(process, address)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _wait_serving(

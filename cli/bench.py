@@ -57,7 +57,9 @@ def _print(result: dict[str, Any]) -> None:
     rows = result["rows"]
     table = Table(*rows[0].keys(), title=result["name"])
     for row in rows:
-        table.add_row(*(f"{value:,}" if isinstance(value, int) else str(value) for value in row.values()))
+        table.add_row(
+            *(f"{value:,}" if isinstance(value, int) else str(value) for value in row.values())
+        )
     _out.print(table)
     if "memory" in result:
         _out.print("memory:", result["memory"])

@@ -24,7 +24,7 @@ def health(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
         except grpc.RpcError as error:
-            _out.print(f"[red]{address}: {error.code().name}: {error.details()}[/red]")  # type: ignore[attr-defined]
+            _out.print(f"[red]{address}: {error.code().name}: {error.details()}[/red]")
             raise typer.Exit(1) from None
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     _out.print(f"{address} {service or '(server)'}: {status}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 
@@ -62,7 +63,9 @@ class Unavailable(DomainError):
 
 
 @asynccontextmanager
-async def abort_on_domain_error(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+async def abort_on_domain_error(
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> AsyncIterator[None]:
     """Answer a :class:`DomainError` raised in the block with its status and message."""
     try:
         yield

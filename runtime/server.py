@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -58,7 +59,7 @@ class ServiceRuntime:
         settings: ServiceSettings,
         service_names: Sequence[str],
         register: Registrar,
-        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     ) -> None:
         self.name = name
         self.settings = settings
@@ -68,7 +69,7 @@ class ServiceRuntime:
         self._register = register
         self._interceptors = list(interceptors)
         self._server: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs lag grpcio
         self._log = get_logger(name)
 
     async def start(self) -> int:

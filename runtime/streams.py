@@ -93,8 +93,9 @@ class CreditFlow:
             if self.error is not None:
                 raise self.error
             if shutdown.is_set():
+                resume_from = self.sent_through + 1
                 raise Unavailable(
-                    f"the service is shutting down; resubscribe with from_seq={self.sent_through + 1}"
+                    f"the service is shutting down; resubscribe with from_seq={resume_from}"
                 )
             if self.credit > 0:
                 return True

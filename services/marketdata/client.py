@@ -94,7 +94,8 @@ class TickSubscriber:
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
 
     async def _one_stream(self) -> AsyncIterator[marketdata_pb2.TickBatch]:
-        call = self._stub.Subscribe()
+        # grpc-stubs lag grpcio: a bidi call may start with no request iterator.
+        call = self._stub.Subscribe()  # type: ignore[call-arg]
         try:
             await call.write(
                 marketdata_pb2.SubscribeRequest(
@@ -113,9 +114,9 @@ class TickSubscriber:
             unacknowledged = 0
             while True:
                 response = await call.read()
-                if response is grpc.aio.EOF:
+                if response is grpc.aio.EOF:  # type: ignore[attr-defined]
                     return
-                batch = response.batch
+                batch = response.batch  # type: ignore[attr-defined]
                 if batch.seq != self.next_seq:
                     raise RuntimeError(f"stream gap: expected seq {self.next_seq}, got {batch.seq}")
                 yield batch
@@ -126,7 +127,8 @@ class TickSubscriber:
                 unacknowledged += 1
                 if unacknowledged >= refill:
                     await _send(
-                        call, marketdata_pb2.SubscribeRequest(ack=common_pb2.Ack(seq=self.next_seq - 1))
+                        call,
+                        marketdata_pb2.SubscribeRequest(ack=common_pb2.Ack(seq=self.next_seq - 1)),
                     )
                     await _send(
                         call,
@@ -139,13 +141,14 @@ class TickSubscriber:
             call.cancel()
 
 
-
 class _StreamDropped(Exception):
     """A control message could not be written: the stream ended under us."""
 
 
 async def _send(
-    call: grpc.aio.StreamStreamCall[marketdata_pb2.SubscribeRequest, marketdata_pb2.SubscribeResponse],
+    call: grpc.aio.StreamStreamCall[
+        marketdata_pb2.SubscribeRequest, marketdata_pb2.SubscribeResponse
+    ],
     request: marketdata_pb2.SubscribeRequest,
 ) -> None:
     # A write races with the server ending the stream (a drain, or the last batch).

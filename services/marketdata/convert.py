@@ -21,7 +21,7 @@ _TIMEFRAME_NAMES = {domain: proto for proto, domain in _TIMEFRAMES.items()}
 
 def timeframe_from_proto(value: int) -> Timeframe | None:
     """Map the contract's enum; None for UNSPECIFIED or an unknown number."""
-    return _TIMEFRAMES.get(value)  # type: ignore[call-overload]
+    return _TIMEFRAMES.get(common_pb2.Timeframe.ValueType(value))
 
 
 def symbol_to_proto(symbol: Symbol) -> common_pb2.SymbolInfo:

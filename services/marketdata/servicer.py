@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -18,6 +19,8 @@ SERVICE_NAME = marketdata_pb2.DESCRIPTOR.services_by_name["MarketDataService"].f
 
 _log = get_logger("marketdata")
 
+Context = grpc.aio.ServicerContext[Any, Any]
+
 
 class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     """Serves :class:`MarketData` over gRPC; ``shutdown`` drains open streams."""
@@ -27,14 +30,14 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
         self._shutdown = shutdown
 
     async def ListSymbols(
-        self, request: marketdata_pb2.ListSymbolsRequest, context: grpc.aio.ServicerContext
+        self, request: marketdata_pb2.ListSymbolsRequest, context: Context
     ) -> marketdata_pb2.ListSymbolsResponse:
         return marketdata_pb2.ListSymbolsResponse(
             symbols=[convert.symbol_to_proto(symbol) for symbol in self._core.symbols]
         )
 
     async def GetSymbolInfo(
-        self, request: marketdata_pb2.GetSymbolInfoRequest, context: grpc.aio.ServicerContext
+        self, request: marketdata_pb2.GetSymbolInfoRequest, context: Context
     ) -> marketdata_pb2.GetSymbolInfoResponse:
         async with abort_on_domain_error(context):
             if not request.symbol:
@@ -43,7 +46,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
         return marketdata_pb2.GetSymbolInfoResponse(info=convert.symbol_to_proto(info))
 
     async def GetRates(
-        self, request: marketdata_pb2.GetRatesRequest, context: grpc.aio.ServicerContext
+        self, request: marketdata_pb2.GetRatesRequest, context: Context
     ) -> marketdata_pb2.GetRatesResponse:
         async with abort_on_domain_error(context):
             timeframe = convert.timeframe_from_proto(request.timeframe)
@@ -63,7 +66,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
     async def Subscribe(
         self,
         request_iterator: AsyncIterator[marketdata_pb2.SubscribeRequest],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> AsyncIterator[marketdata_pb2.SubscribeResponse]:
         async with abort_on_domain_error(context):
             first = await anext(request_iterator, None)
@@ -77,9 +80,11 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
             plan = self._core.plan(convert.subscription_from_proto(first.subscribe))
             flow = CreditFlow.starting_at(plan.from_seq, plan.initial_credit)
             reader = asyncio.create_task(read_controls(request_iterator, flow, _apply_control))
+            # Read the peer now: asking a cancelled call for it crashes grpc's core.
+            peer = context.peer()
             _log.info(
                 "subscribed",
-                peer=context.peer(),
+                peer=peer,
                 symbols=[symbol.name for symbol in plan.symbols],
                 from_seq=plan.from_seq,
                 batch_size=plan.batch_size,
@@ -92,7 +97,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
                     yield message
             finally:
                 reader.cancel()
-                _log.info("stream ended", peer=context.peer(), sent_through=flow.sent_through)
+                _log.info("stream ended", peer=peer, sent_through=flow.sent_through)
 
 
 def _apply_control(request: object, flow: CreditFlow) -> None:

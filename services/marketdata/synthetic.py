@@ -133,12 +133,10 @@ class SyntheticSource:
         self._spread_table = np.stack(  # (k, SPREAD_QUANTILES)
             [spread_table(symbol.spread_points, spread_sigma) for symbol, _ in instruments]
         )
-        self.seed, self.tick_ms, self.start_ms, self.chunk_steps = (
-            seed,
-            tick_ms,
-            start_ms,
-            chunk_steps,
-        )
+        self.seed = seed
+        self.tick_ms = tick_ms
+        self.start_ms = start_ms
+        self.chunk_steps = chunk_steps
         self.n_steps = -(-duration_ms // tick_ms)
         self.n_chunks = -(-self.n_steps // chunk_steps)
         self._levels: dict[int, np.ndarray] = {0: self._log_p0}  # log-price before chunk c

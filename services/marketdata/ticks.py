@@ -21,24 +21,25 @@ generated on its own, in any order, and gives the same bits every time. Memory i
 bounded by one chunk.
 
 1. **Tick count.** Let ``r_i = volume_i / mean(volume)`` be bar i's relative tick
-   volume (1 for every bar if all volumes are 0). Then
-   ``n_i = 4 + Poisson(max(m·r_i − 4, 0))``, capped at ``D``. Busier bars get more
-   ticks, every bar gets at least 4, and ``E[n_i] ≈ m·r_i``. A chunk's counts are its
-   RNG's first draw, so the counts of all bars (and their cumulative sum, the first
-   seq of each bar) are known without generating any tick.
+   volume, with the mean taken over all the bars given (``r_i = 1`` if every volume is
+   0). Then ``n_i = 4 + Poisson(max(m·r_i − 4, 0))``, capped at ``D``. Busier bars get
+   more ticks, every bar gets at least 4, and ``E[n_i] = max(m·r_i, 4)``. A chunk's
+   counts are its RNG's first draw, so the counts of all bars (and their cumulative
+   sum, the first seq of each bar) are known without generating any tick.
 2. **Extremes.** With probability 1/2 the bar visits its high before its low, otherwise
    the low first. The first extreme sits at tick ``j`` and the second at tick ``k``,
    ``1 ≤ j < k ≤ n−2``, a uniformly random pair of distinct interior ticks.
 3. **Times.** Tick 0 is at the bar's open time. Draw ``n`` gaps ``g ~ Exp(1)``, let
    ``f_p = (g_1+…+g_p) / (g_1+…+g_n)`` and put tick ``p`` at
-   ``open + p + min(⌊f_p·(D−n)⌋, D−n)``. The times are Poisson-like, integer ms,
-   strictly increasing, and all inside ``[open, open + D)``.
+   ``open + p + ⌊f_p·(D−n)⌋`` (evaluated in float64). The arrivals are those of a Poisson
+   process given ``n`` ticks. The times are integer ms, strictly increasing, and all
+   inside ``[open, open + D)``.
 4. **Ask path.** The path is made in tick time (the tick index is its clock). The nodes
    ``(0, open)``, ``(j, first extreme)``, ``(k, second extreme)`` and ``(n−1, close)``
    are joined by Brownian bridges:
    ``a + (b−a)·τ + σ·(W_p − W_s − τ·(W_e − W_s))``, with ``τ = (p−s)/(e−s)``, ``W`` a
-   standard normal random walk and ``σ = κ·(high − low)/√n``. The values are rounded
-   to integer points and clipped to ``[low, high]``, and the nodes are then set exactly.
+   standard normal random walk and ``σ = κ·(high − low)/√n``. The values are clipped
+   to ``[low, high]`` and rounded to integer points, and the nodes are then set exactly.
    So the bar opens, closes, and touches its high and low exactly as recorded, and
    never leaves its range.
 5. **Spread.** The spread of each tick is log-normal around ``s``, drawn through a
@@ -151,11 +152,9 @@ class BarTickGenerator:
         _check_bars(bars, bar_ms)
         self.bars = bars
         self.seed, self.stream = seed, stream
-        self.spread_points, self.spread_sigma, self.path_noise = (
-            spread_points,
-            spread_sigma,
-            path_noise,
-        )
+        self.spread_points = spread_points
+        self.spread_sigma = spread_sigma
+        self.path_noise = path_noise
         self.chunk_bars, self.bar_ms = chunk_bars, bar_ms
         self._spread_table = spread_table(spread_points, spread_sigma)
 
@@ -202,8 +201,9 @@ class BarTickGenerator:
         rows = np.arange(total)
 
         # Times (step 3). One cumulative sum serves all bars: the normalisation subtracts
-        # each bar's base. Rounding is monotone, so the floor never decreases within a bar,
-        # and its value stays below room + 1, so every tick lands before open + D.
+        # each bar's base. Float rounding is monotone, so the floor starts at exactly 0 and
+        # never decreases within a bar. It stays below D - n + 1, so with p <= n - 1 every
+        # tick lands before open + D.
         g0 = np.empty(total + 1)
         g0[0] = 0.0
         np.cumsum(gaps, out=g0[1:])
@@ -283,11 +283,12 @@ def spread_table(spread_points: float, spread_sigma: float) -> np.ndarray:
 
 def _check_bars(bars: Bars, bar_ms: int) -> None:
     o, h, lo, c = bars.open, bars.high, bars.low, bars.close
-    if len(bars) and bool(np.any((h < np.maximum(o, c)) | (lo > np.minimum(o, c)))):
-        bad = int(np.flatnonzero((h < np.maximum(o, c)) | (lo > np.minimum(o, c)))[0])
-        raise ValueError(f"bar {bad} breaks low <= open, close <= high")
-    if bool(np.any(np.diff(bars.time_ms) < bar_ms)):
-        bad = int(np.flatnonzero(np.diff(bars.time_ms) < bar_ms)[0]) + 1
+    broken = np.flatnonzero((h < np.maximum(o, c)) | (lo > np.minimum(o, c)))
+    if len(broken):
+        raise ValueError(f"bar {broken[0]} breaks low <= open, close <= high")
+    crowded = np.flatnonzero(np.diff(bars.time_ms) < bar_ms)
+    if len(crowded):
+        bad = crowded[0] + 1
         raise ValueError(f"bar {bad} opens less than {bar_ms} ms after the bar before it")
     volume = np.asarray(bars.tick_volume, dtype=np.float64)
     if not bool(np.all(np.isfinite(volume) & (volume >= 0))):

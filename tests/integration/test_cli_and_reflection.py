@@ -18,7 +18,9 @@ BIN = Path(sys.executable).parent
 SERVICE = "quantmesh.marketdata.v1.MarketDataService"
 
 
-def quantmesh(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def quantmesh(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "quantmesh.cli", *args],
         capture_output=True,
@@ -76,7 +78,9 @@ def test_buf_curl_streams_ticks_through_reflection(server: ServiceProcess) -> No
 def test_buf_curl_bad_input_reports_status(server: ServiceProcess) -> None:
     result = buf_curl(
         "-d",
-        json.dumps({"symbol": "EURUSD", "timeframe": "TIMEFRAME_H1", "fromTimeMs": "9", "toTimeMs": "3"}),
+        json.dumps(
+            {"symbol": "EURUSD", "timeframe": "TIMEFRAME_H1", "fromTimeMs": "9", "toTimeMs": "3"}
+        ),
         f"http://{server.address}/{SERVICE}/GetRates",
     )
     assert result.returncode != 0

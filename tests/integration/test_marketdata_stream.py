@@ -105,7 +105,9 @@ async def test_resume_after_dropped_stream_loses_and_duplicates_nothing(
 
     resumed = stub.Subscribe()
     # Resume from the last acked seq + 1, with a different batch size on purpose.
-    await resumed.write(subscribe(symbols=["EURUSD"], from_seq=300, batch_size=70, initial_credit=10))
+    await resumed.write(
+        subscribe(symbols=["EURUSD"], from_seq=300, batch_size=70, initial_credit=10)
+    )
     after = await read_batches(resumed, 10)
     resumed.cancel()
 
@@ -195,28 +197,39 @@ async def test_get_rates_returns_h1_and_aggregated_bars(channel: grpc.aio.Channe
     h1 = (
         await stub.GetRates(
             md.GetRatesRequest(
-                symbol="EURUSD", timeframe=common_pb2.TIMEFRAME_H1, from_time_ms=start, to_time_ms=end
+                symbol="EURUSD",
+                timeframe=common_pb2.TIMEFRAME_H1,
+                from_time_ms=start,
+                to_time_ms=end,
             )
         )
     ).rates
     d1 = (
         await stub.GetRates(
             md.GetRatesRequest(
-                symbol="EURUSD", timeframe=common_pb2.TIMEFRAME_D1, from_time_ms=start, to_time_ms=end
+                symbol="EURUSD",
+                timeframe=common_pb2.TIMEFRAME_D1,
+                from_time_ms=start,
+                to_time_ms=end,
             )
         )
     ).rates
-    assert len(h1.time_ms) == 48 and h1.digits == 5
+    assert len(h1.time_ms) == 48
+    assert h1.digits == 5
     assert list(d1.time_ms) == [start, start + 86_400_000]
-    assert d1.high[0] == max(h1.high[:24]) and d1.low[1] == min(h1.low[24:])
-    assert d1.open[0] == h1.open[0] and d1.close[1] == h1.close[-1]
+    assert d1.high[0] == max(h1.high[:24])
+    assert d1.low[1] == min(h1.low[24:])
+    assert d1.open[0] == h1.open[0]
+    assert d1.close[1] == h1.close[-1]
 
 
 @pytest.mark.parametrize(
     ("request_", "code", "message_part"),
     [
         (
-            md.GetRatesRequest(symbol="EURUSD", timeframe=common_pb2.TIMEFRAME_H1, from_time_ms=5, to_time_ms=5),
+            md.GetRatesRequest(
+                symbol="EURUSD", timeframe=common_pb2.TIMEFRAME_H1, from_time_ms=5, to_time_ms=5
+            ),
             grpc.StatusCode.INVALID_ARGUMENT,
             "malformed time range",
         ),
@@ -239,7 +252,10 @@ async def test_get_rates_returns_h1_and_aggregated_bars(channel: grpc.aio.Channe
     ids=["empty-range", "no-timeframe", "unknown-symbol", "too-fine"],
 )
 async def test_get_rates_when_input_is_bad_answers_status(
-    channel: grpc.aio.Channel, request_: md.GetRatesRequest, code: grpc.StatusCode, message_part: str
+    channel: grpc.aio.Channel,
+    request_: md.GetRatesRequest,
+    code: grpc.StatusCode,
+    message_part: str,
 ) -> None:
     stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
