@@ -197,17 +197,5 @@ async def paced(
             if ready == 0:
                 await asyncio.sleep(float(due[0]) - now)
                 continue
-            yield take(columns, start, start + ready)
+            yield columns.rows(start, start + ready)
             start += ready
-
-
-def take(columns: TickColumns, start: int, stop: int) -> TickColumns:
-    """Rows ``start:stop`` of a batch, with the seq moved along."""
-    return TickColumns(
-        seq=columns.seq + start,
-        symbol_index=columns.symbol_index[start:stop],
-        time_msc=columns.time_msc[start:stop],
-        bid=columns.bid[start:stop],
-        ask=columns.ask[start:stop],
-        volume=columns.volume[start:stop],
-    )

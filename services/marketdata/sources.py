@@ -121,6 +121,19 @@ class TickColumns:
     def __len__(self) -> int:
         return len(self.time_msc)
 
+    def rows(self, start: int, stop: int) -> TickColumns:
+        """Rows ``start:stop`` as views, with the seq moved along."""
+        if start == 0 and stop == len(self):
+            return self
+        return TickColumns(
+            self.seq + start,
+            self.symbol_index[start:stop],
+            self.time_msc[start:stop],
+            self.bid[start:stop],
+            self.ask[start:stop],
+            self.volume[start:stop],
+        )
+
 
 @runtime_checkable
 class TickSource(Protocol):
@@ -187,7 +200,7 @@ def rebatch(blocks: Iterable[TickColumns], batch_size: int) -> Iterator[TickColu
         start, rows = 0, len(block)
         while start < rows:
             take = min(batch_size - pending_rows, rows - start)
-            part = _rows(block, start, start + take)
+            part = block.rows(start, start + take)
             start += take
             if take == batch_size:
                 yield part
@@ -387,19 +400,6 @@ def _single(generator: BarTickGenerator, from_seq: int) -> Iterator[TickColumns]
             chunk.ask,
             chunk.volume,
         )
-
-
-def _rows(columns: TickColumns, start: int, stop: int) -> TickColumns:
-    if start == 0 and stop == len(columns):
-        return columns
-    return TickColumns(
-        columns.seq + start,
-        columns.symbol_index[start:stop],
-        columns.time_msc[start:stop],
-        columns.bid[start:stop],
-        columns.ask[start:stop],
-        columns.volume[start:stop],
-    )
 
 
 def _concat(parts: list[TickColumns]) -> TickColumns:
