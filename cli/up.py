@@ -60,7 +60,7 @@ async def _up(port: int, exit_when_done: bool) -> None:
 async def _replay(address: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         subscriber = TickSubscriber(channel, ["EURUSD"], batch_size=1_000)
-        low, high, first_ms, last_ms = 1 << 62, 0, 0, 0
+        low, high, first_ms, last_ms, ticks = 1 << 62, 0, 0, 0, 0
         started = time.perf_counter()
         with Progress(
             TextColumn("replaying EURUSD 2017"),
@@ -72,13 +72,13 @@ async def _replay(address: str) -> None:
             task = progress.add_task("ticks", total=None)
             async for batch in subscriber.batches():
                 progress.update(task, total=batch.total, advance=len(batch.time_msc))
+                ticks += len(batch.time_msc)
                 low, high = min(low, min(batch.bid)), max(high, max(batch.ask))
                 first_ms = first_ms or batch.time_msc[0]
                 last_ms = batch.time_msc[-1]
         elapsed = time.perf_counter() - started
-    stats = subscriber.stats
     _out.print(
-        f"replayed {stats.ticks:,} ticks in {stats.batches:,} batches in {elapsed:.2f} s "
-        f"({stats.ticks / elapsed:,.0f} ticks/s); bid low {low / 1e5:.5f}, "
+        f"replayed {ticks:,} ticks in {subscriber.stats.batches:,} batches in {elapsed:.2f} s "
+        f"({ticks / elapsed:,.0f} ticks/s); bid low {low / 1e5:.5f}, "
         f"ask high {high / 1e5:.5f}; {(last_ms - first_ms) / 86_400_000:.0f} market days"
     )
