@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from quantmesh.runtime.errors import InvalidArgument, Unavailable
 
@@ -111,15 +111,40 @@ class CreditFlow:
                 waiter.cancel()
 
 
-async def read_controls(
-    requests: AsyncIterator[object],
-    flow: CreditFlow,
-    handle: Callable[[object, CreditFlow], None],
-) -> None:
+async def first_subscription(requests: AsyncIterator[Any]) -> Any | None:
+    """Read the opening message of a Subscribe stream and return its ``subscribe`` part.
+
+    None when the consumer closed without a word. Every quantmesh stream request has
+    the same ``control`` oneof: ``subscribe``, ``ack`` and ``credit``.
+    """
+    first = await anext(requests, None)
+    if first is None:
+        return None
+    kind = first.WhichOneof("control")
+    if kind != "subscribe":
+        got = kind or "an empty message"
+        raise InvalidArgument(f"the first message of Subscribe must be `subscribe`, got `{got}`")
+    return first.subscribe
+
+
+def apply_control(request: Any, flow: CreditFlow) -> None:
+    """Apply one later control message (``ack`` or ``credit``) of a Subscribe stream."""
+    kind = request.WhichOneof("control")
+    if kind == "credit":
+        flow.grant(request.credit.batches)
+    elif kind == "ack":
+        flow.ack(request.ack.seq)
+    elif kind == "subscribe":
+        raise InvalidArgument("`subscribe` may be sent only once, as the first message")
+    else:
+        raise InvalidArgument("empty control message: set one of subscribe, ack or credit")
+
+
+async def read_controls(requests: AsyncIterator[Any], flow: CreditFlow) -> None:
     """Apply the consumer's control messages to ``flow`` until it half-closes."""
     try:
         async for request in requests:
-            handle(request, flow)
+            apply_control(request, flow)
     except InvalidArgument as error:
         flow.fail(error)
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from quantmesh.common.v1 import common_pb2
 from quantmesh.marketdata.v1 import marketdata_pb2
 from quantmesh.services.marketdata.core import Subscription, Timeframe
@@ -87,3 +89,30 @@ class TickBatchEncoder:
             total=self._total,
         )
         return marketdata_pb2.SubscribeResponse(batch=batch)
+
+
+def symbol_from_proto(info: common_pb2.SymbolInfo) -> Symbol:
+    return Symbol(
+        name=info.name,
+        description=info.description,
+        currency_base=info.currency_base,
+        currency_profit=info.currency_profit,
+        digits=info.digits,
+        spread_points=info.spread,
+        trade_contract_size=info.trade_contract_size,
+        volume_min=info.volume_min,
+        volume_max=info.volume_max,
+        volume_step=info.volume_step,
+    )
+
+
+def tick_columns_from_proto(batch: marketdata_pb2.TickBatch) -> TickColumns:
+    """Decode a TickBatch into numpy columns (``symbol_index`` refers to ``batch.symbols``)."""
+    return TickColumns(
+        seq=batch.seq,
+        symbol_index=np.array(batch.symbol_index, dtype=np.uint32),
+        time_msc=np.array(batch.time_msc, dtype=np.int64),
+        bid=np.array(batch.bid, dtype=np.int64),
+        ask=np.array(batch.ask, dtype=np.int64),
+        volume=np.array(batch.volume, dtype=np.float64),
+    )

@@ -11,7 +11,7 @@ import grpc
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from quantmesh.runtime.errors import InvalidArgument, abort_on_domain_error
 from quantmesh.runtime.logging import get_logger
-from quantmesh.runtime.streams import CreditFlow, produce, read_controls
+from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
 from quantmesh.services.marketdata import convert
 from quantmesh.services.marketdata.core import MarketData, paced
 
@@ -69,17 +69,12 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
         context: Context,
     ) -> AsyncIterator[marketdata_pb2.SubscribeResponse]:
         async with abort_on_domain_error(context):
-            first = await anext(request_iterator, None)
-            if first is None:
+            subscription = await first_subscription(request_iterator)
+            if subscription is None:
                 return
-            if first.WhichOneof("control") != "subscribe":
-                raise InvalidArgument(
-                    "the first message of Subscribe must be `subscribe`, "
-                    f"got `{first.WhichOneof('control') or 'an empty message'}`"
-                )
-            plan = self._core.plan(convert.subscription_from_proto(first.subscribe))
+            plan = self._core.plan(convert.subscription_from_proto(subscription))
             flow = CreditFlow.starting_at(plan.from_seq, plan.initial_credit)
-            reader = asyncio.create_task(read_controls(request_iterator, flow, _apply_control))
+            reader = asyncio.create_task(read_controls(request_iterator, flow))
             # Read the peer now: asking a cancelled call for it crashes grpc's core.
             peer = context.peer()
             _log.info(
@@ -98,16 +93,3 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
             finally:
                 reader.cancel()
                 _log.info("stream ended", peer=peer, sent_through=flow.sent_through)
-
-
-def _apply_control(request: object, flow: CreditFlow) -> None:
-    assert isinstance(request, marketdata_pb2.SubscribeRequest)
-    kind = request.WhichOneof("control")
-    if kind == "credit":
-        flow.grant(request.credit.batches)
-    elif kind == "ack":
-        flow.ack(request.ack.seq)
-    elif kind == "subscribe":
-        raise InvalidArgument("`subscribe` may be sent only once, as the first message")
-    else:
-        raise InvalidArgument("empty control message: set one of subscribe, ack or credit")
