@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from quantmesh.bench.harness import ServiceProcess, free_port, service_process
+from quantmesh.mesh.launcher import ServiceProcess, free_port, service_process
 
 BIN = Path(sys.executable).parent
 SERVICE = "quantmesh.marketdata.v1.MarketDataService"
@@ -119,5 +119,6 @@ def test_serve_when_config_is_bad_names_the_setting() -> None:
 
 def test_serve_when_sigterm_drains_and_exits_zero() -> None:
     with service_process("marketdata") as running:
+        assert running.process is not None
         running.process.send_signal(signal.SIGTERM)
         assert running.process.wait(timeout=20) == 0
