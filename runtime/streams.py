@@ -15,11 +15,15 @@ run. Neither knows what a batch contains.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from quantmesh.runtime.errors import InvalidArgument, Unavailable
+
+# How long a finished stream waits for its consumer to half-close after the end marker.
+END_OF_STREAM_GRACE_S = 10.0
 
 
 class Sequenced(Protocol):
@@ -82,6 +86,12 @@ class CreditFlow:
         """The consumer half-closed: no more credit can arrive."""
         self.consumer_done = True
         self._changed.set()
+
+    async def wait_for_consumer_close(self) -> None:
+        """Wait until the consumer half-closes (or its controls fail)."""
+        while not self.consumer_done and self.error is None:
+            self._changed.clear()
+            await self._changed.wait()
 
     def on_sent(self, last_seq: int) -> None:
         self.credit -= 1
@@ -156,11 +166,24 @@ async def produce(
     flow: CreditFlow,
     shutdown: asyncio.Event,
     to_message: Callable[[BatchT], MessageT],
+    end_of_stream: Callable[[int], MessageT] | None = None,
 ) -> AsyncIterator[MessageT]:
-    """Yield messages for ``batches`` as credit allows, recording what was sent."""
+    """Yield messages for ``batches`` as credit allows, recording what was sent.
+
+    When the batches run out, ``end_of_stream(next_seq)`` (an empty batch) is sent
+    without credit, and the call stays open until the consumer half-closes (at most
+    ``END_OF_STREAM_GRACE_S``): a consumer may still be writing acks and credit for
+    batches it has not read yet, and a write to a call that has ended fails in a way
+    that hides how it ended.
+    """
     async for batch in batches:
         if not await flow.wait_for_credit(shutdown):
             return
         message = to_message(batch)
         flow.on_sent(batch.seq + len(batch) - 1)
         yield message
+    if end_of_stream is not None:
+        yield end_of_stream(flow.sent_through + 1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(END_OF_STREAM_GRACE_S):
+                await flow.wait_for_consumer_close()

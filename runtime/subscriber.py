@@ -43,19 +43,17 @@ class StreamSpec(Generic[BatchT]):
         Builds the ``subscribe`` message for ``(from_seq, initial_credit)``.
     batch_of:
         Takes the batch out of a ``SubscribeResponse``.
-    next_seq_after:
-        The seq following the last item of a batch.
-    dense:
-        True when seqs are consecutive (ticks, features, predictions), so a batch must
-        start exactly at the next seq; sparse streams (signals) only never go back.
+    size:
+        Number of items (rows, signals) in a batch. Seqs are consecutive, so a batch
+        of ``size`` items starting at ``seq`` is followed by ``seq + size``; an empty
+        batch marks the end of a finite stream.
     """
 
     open_call: Callable[[], Any]
     request_type: Callable[..., Any]
     subscription: Callable[[int, int], Any]
     batch_of: Callable[[Any], BatchT]
-    next_seq_after: Callable[[BatchT], int]
-    dense: bool = True
+    size: Callable[[BatchT], int]
 
 
 @dataclass
@@ -129,14 +127,20 @@ class StreamSubscriber(Generic[BatchT]):
                 if response is grpc.aio.EOF:  # type: ignore[attr-defined]  # stubs lag grpcio
                     return
                 batch = spec.batch_of(response)
-                first = batch.seq  # type: ignore[attr-defined]  # every batch message has one
-                if first < self.next_seq or (spec.dense and first != self.next_seq):
+                first, size = batch.seq, spec.size(batch)  # type: ignore[attr-defined]
+                if first != self.next_seq:
                     raise RuntimeError(
                         f"stream out of order: expected seq {self.next_seq}, got {first}"
                     )
+                if size == 0:
+                    # The producer's end-of-stream marker: stop writing, then the
+                    # producer ends the call with its status.
+                    await call.done_writing()
+                    await call.read()
+                    return
                 yield batch
                 # The caller has processed the batch when it asks for the next one.
-                self.next_seq = spec.next_seq_after(batch)
+                self.next_seq = first + size
                 self.stats.batches += 1
                 unacknowledged += 1
                 if unacknowledged >= refill:
@@ -150,9 +154,16 @@ class StreamSubscriber(Generic[BatchT]):
 
 
 async def _send(call: Any, request: Any) -> None:
-    # A write races with the producer ending the stream (a drain, or the last batch).
-    # Either way resubscribing from the next seq is right: past the end it ends at once.
+    # Once the producer has ended the call, the next read() tells how (EOF or a status),
+    # so a control message is simply not sent.
+    if call.done():
+        return
     try:
         await call.write(request)
-    except (asyncio.InvalidStateError, grpc.aio.AioRpcError) as error:
+    except asyncio.InvalidStateError:
+        return
+    except grpc.aio.AioRpcError as error:
+        # The write raced the end of the call and the failed write now hides its status.
+        # Resubscribing from the next seq is right either way: past the end, the
+        # producer ends the new stream at once.
         raise StreamDroppedError(str(error)) from error

@@ -57,6 +57,6 @@ class TickSubscriber(StreamSubscriber[marketdata_pb2.TickBatch]):
             request_type=marketdata_pb2.SubscribeRequest,
             subscription=subscription,
             batch_of=lambda response: response.batch,
-            next_seq_after=lambda batch: batch.seq + len(batch.time_msc),
+            size=lambda batch: len(batch.time_msc),
         )
         super().__init__(spec, from_seq=from_seq, window=window, max_resumes=max_resumes)

@@ -90,6 +90,11 @@ class TickBatchEncoder:
         )
         return marketdata_pb2.SubscribeResponse(batch=batch)
 
+    def end(self, next_seq: int) -> marketdata_pb2.SubscribeResponse:
+        """The empty batch that marks the end of the stream."""
+        batch = marketdata_pb2.TickBatch(seq=next_seq, total=self._total)
+        return marketdata_pb2.SubscribeResponse(batch=batch)
+
 
 def symbol_from_proto(info: common_pb2.SymbolInfo) -> Symbol:
     return Symbol(

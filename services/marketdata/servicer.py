@@ -88,7 +88,7 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
             encode = convert.TickBatchEncoder(plan.symbols, plan.total)
             try:
                 batches = paced(plan.batches(), plan.speed)
-                async for message in produce(batches, flow, self._shutdown, encode):
+                async for message in produce(batches, flow, self._shutdown, encode, encode.end):
                     yield message
             finally:
                 reader.cancel()

@@ -123,6 +123,9 @@ class Credit(_message.Message):
 
     A producer never sends more batches than the credit granted so far. A consumer
     that stops granting credit stops receiving, and the producer holds its position.
+    The one exception is the end-of-stream marker: an empty batch sent right before a
+    finite stream ends, so that the consumer stops writing controls to a call that is
+    about to close.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

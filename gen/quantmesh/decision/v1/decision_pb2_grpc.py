@@ -54,6 +54,8 @@ class DecisionServiceServicer:
         no credit left. On shutdown it ends the stream with UNAVAILABLE naming the seq
         to resume from. INVALID_ARGUMENT for a first message that is not `subscribe` or
         a second `subscribe`.
+        Right before a finite stream ends with OK, the server sends one empty batch
+        (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,6 +45,8 @@ class DecisionServiceStub:
     no credit left. On shutdown it ends the stream with UNAVAILABLE naming the seq
     to resume from. INVALID_ARGUMENT for a first message that is not `subscribe` or
     a second `subscribe`.
+    Right before a finite stream ends with OK, the server sends one empty batch
+    (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
     """
 
 @_typing.type_check_only
@@ -60,6 +62,8 @@ class DecisionServiceAsyncStub(DecisionServiceStub):
     no credit left. On shutdown it ends the stream with UNAVAILABLE naming the seq
     to resume from. INVALID_ARGUMENT for a first message that is not `subscribe` or
     a second `subscribe`.
+    Right before a finite stream ends with OK, the server sends one empty batch
+    (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
     """
 
 class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -78,6 +82,8 @@ class DecisionServiceServicer(metaclass=_abc_1.ABCMeta):
         no credit left. On shutdown it ends the stream with UNAVAILABLE naming the seq
         to resume from. INVALID_ARGUMENT for a first message that is not `subscribe` or
         a second `subscribe`.
+        Right before a finite stream ends with OK, the server sends one empty batch
+        (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
         """
 
 def add_DecisionServiceServicer_to_server(servicer: DecisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -68,6 +68,8 @@ class FeaturesServiceServicer:
         seq to resume from. INVALID_ARGUMENT for a first message that is not
         `subscribe`, a second `subscribe`, or an unknown feature name; NOT_FOUND for a
         symbol that is not served.
+        Right before a finite stream ends with OK, the server sends one empty batch
+        (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -50,6 +50,8 @@ class FeaturesServiceStub:
     seq to resume from. INVALID_ARGUMENT for a first message that is not
     `subscribe`, a second `subscribe`, or an unknown feature name; NOT_FOUND for a
     symbol that is not served.
+    Right before a finite stream ends with OK, the server sends one empty batch
+    (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
     """
 
 @_typing.type_check_only
@@ -70,6 +72,8 @@ class FeaturesServiceAsyncStub(FeaturesServiceStub):
     seq to resume from. INVALID_ARGUMENT for a first message that is not
     `subscribe`, a second `subscribe`, or an unknown feature name; NOT_FOUND for a
     symbol that is not served.
+    Right before a finite stream ends with OK, the server sends one empty batch
+    (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
     """
 
 class FeaturesServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -99,6 +103,8 @@ class FeaturesServiceServicer(metaclass=_abc_1.ABCMeta):
         seq to resume from. INVALID_ARGUMENT for a first message that is not
         `subscribe`, a second `subscribe`, or an unknown feature name; NOT_FOUND for a
         symbol that is not served.
+        Right before a finite stream ends with OK, the server sends one empty batch
+        (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
         """
 
 def add_FeaturesServiceServicer_to_server(servicer: FeaturesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

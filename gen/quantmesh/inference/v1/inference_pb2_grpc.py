@@ -65,6 +65,8 @@ class InferenceServiceServicer:
         with UNAVAILABLE naming the seq to resume from. INVALID_ARGUMENT for a first
         message that is not `subscribe` or a second `subscribe`; NOT_FOUND for a model
         name that is not served.
+        Right before a finite stream ends with OK, the server sends one empty batch
+        (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,6 +49,8 @@ class InferenceServiceStub:
     with UNAVAILABLE naming the seq to resume from. INVALID_ARGUMENT for a first
     message that is not `subscribe` or a second `subscribe`; NOT_FOUND for a model
     name that is not served.
+    Right before a finite stream ends with OK, the server sends one empty batch
+    (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
     """
     SwitchModel: _grpc.UnaryUnaryMultiCallable[_inference_pb2.SwitchModelRequest, _inference_pb2.SwitchModelResponse]
     """Serves a model version in a role: loads it from the registry (verifying its
@@ -75,6 +77,8 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     with UNAVAILABLE naming the seq to resume from. INVALID_ARGUMENT for a first
     message that is not `subscribe` or a second `subscribe`; NOT_FOUND for a model
     name that is not served.
+    Right before a finite stream ends with OK, the server sends one empty batch
+    (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
     """
     SwitchModel: _aio.UnaryUnaryMultiCallable[_inference_pb2.SwitchModelRequest, _inference_pb2.SwitchModelResponse]  # type: ignore[assignment]
     """Serves a model version in a role: loads it from the registry (verifying its
@@ -104,6 +108,8 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         with UNAVAILABLE naming the seq to resume from. INVALID_ARGUMENT for a first
         message that is not `subscribe` or a second `subscribe`; NOT_FOUND for a model
         name that is not served.
+        Right before a finite stream ends with OK, the server sends one empty batch
+        (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
         """
 
     @_abc_1.abstractmethod

@@ -90,6 +90,8 @@ class MarketDataServiceServicer:
         numbers every tick with a consecutive `seq`, and ends the stream with OK after
         the last tick of a finite source, or when the client half-closes with no credit left.
         On shutdown it ends the stream with UNAVAILABLE naming the seq to resume from.
+        Right before a finite stream ends with OK, the server sends one empty batch
+        (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,6 +52,8 @@ class MarketDataServiceStub:
     numbers every tick with a consecutive `seq`, and ends the stream with OK after
     the last tick of a finite source, or when the client half-closes with no credit left.
     On shutdown it ends the stream with UNAVAILABLE naming the seq to resume from.
+    Right before a finite stream ends with OK, the server sends one empty batch
+    (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
     """
 
 @_typing.type_check_only
@@ -75,6 +77,8 @@ class MarketDataServiceAsyncStub(MarketDataServiceStub):
     numbers every tick with a consecutive `seq`, and ends the stream with OK after
     the last tick of a finite source, or when the client half-closes with no credit left.
     On shutdown it ends the stream with UNAVAILABLE naming the seq to resume from.
+    Right before a finite stream ends with OK, the server sends one empty batch
+    (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
     """
 
 class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +123,8 @@ class MarketDataServiceServicer(metaclass=_abc_1.ABCMeta):
         numbers every tick with a consecutive `seq`, and ends the stream with OK after
         the last tick of a finite source, or when the client half-closes with no credit left.
         On shutdown it ends the stream with UNAVAILABLE naming the seq to resume from.
+        Right before a finite stream ends with OK, the server sends one empty batch
+        (no rows, `seq` = the next seq) without credit: the end-of-stream marker.
         """
 
 def add_MarketDataServiceServicer_to_server(servicer: MarketDataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
