@@ -11,8 +11,11 @@ COPY bench bench
 COPY datasets datasets
 COPY mesh mesh
 COPY observability observability
-RUN pip install --no-cache-dir . && rm -rf /app/*
+# The CPU build of torch (the trainer job needs it); PyPI's default is a CUDA build.
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[train]" \
+    && rm -rf /app/*
 
-# Services run unprivileged.
+# Services run unprivileged; the registry volume is theirs.
+RUN mkdir -p /var/lib/quantmesh/registry && chown -R 10001 /var/lib/quantmesh
 USER 10001
 ENTRYPOINT ["quantmesh"]

@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 ## Run the platform on embedded defaults (Ctrl-C to stop).
@@ -34,7 +34,7 @@ check: setup
 # editable install (a symlink tree under build/), then the lenient one is restored.
 typecheck: setup
 	$(BIN)/python -m pip install --quiet --no-deps -e . --config-settings editable_mode=strict
-	$(BIN)/mypy -p quantmesh.services -p quantmesh.runtime -p quantmesh.cli -p quantmesh.bench -p quantmesh.datasets; \
+	$(BIN)/mypy -p quantmesh.services -p quantmesh.runtime -p quantmesh.cli -p quantmesh.bench -p quantmesh.datasets -p quantmesh.mesh; \
 	  status=$$?; $(BIN)/python -m pip install --quiet --no-deps -e .; exit $$status
 
 pytest: setup

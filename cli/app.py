@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from quantmesh.cli import bench, health, serve, ticks, up
+from quantmesh.cli import bench, health, serve, ticks, train, up
 
 app = typer.Typer(
     name="quantmesh",
@@ -17,6 +17,7 @@ app.command("ticks")(ticks.ticks)
 app.command("bench")(bench.bench)
 app.command("up")(up.up)
 app.command("health")(health.health)
+app.command("train")(train.train)
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ _out = Console()
 
 
 def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
-    from quantmesh.bench import marketdata
+    from quantmesh.bench import inference, marketdata
 
-    return {"marketdata": marketdata.run}
+    return {"marketdata": marketdata.run, "inference": inference.run}
 
 
 def bench(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,7 +13,7 @@ from rich.console import Console
 
 from quantmesh.runtime.config import format_config_error
 from quantmesh.runtime.logging import configure_logging
-from quantmesh.runtime.server import StartupError
+from quantmesh.runtime.server import ServiceRuntime, StartupError
 
 app = typer.Typer(no_args_is_help=True, help="Run one quantmesh service.")
 _err = Console(stderr=True)
@@ -27,31 +29,14 @@ def _settings_or_exit(settings_type: type[Any], env_prefix: str, **flags: Any) -
         raise typer.Exit(2) from None
 
 
-@app.command("marketdata")
-def marketdata(
-    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port; 0 picks a free one.")] = None,
-    source: Annotated[str | None, typer.Option(help="replay or synthetic.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the tick generator.")] = None,
-    log_format: Annotated[str | None, typer.Option(help="console or json.")] = None,
+def _serve(
+    settings_type: type[Any], env_prefix: str, build: Callable[[Any], ServiceRuntime], **flags: Any
 ) -> None:
-    """Serve ticks, bars and symbol info (default port 8001)."""
-    from quantmesh.services.marketdata.config import ENV_PREFIX, MarketDataSettings
-    from quantmesh.services.marketdata.service import build_runtime
-
-    settings = _settings_or_exit(
-        MarketDataSettings,
-        ENV_PREFIX,
-        host=host,
-        port=port,
-        source=source,
-        seed=seed,
-        log_format=log_format,
-    )
+    settings = _settings_or_exit(settings_type, env_prefix, **flags)
     configure_logging(settings.log_level, settings.log_format)
     try:
-        runtime = build_runtime(settings)
-    except ValueError as error:
+        runtime = build(settings)
+    except (ValueError, OSError) as error:
         _err.print(f"[red]invalid configuration: {error}[/red]")
         raise typer.Exit(2) from None
     try:
@@ -59,3 +44,119 @@ def marketdata(
     except StartupError as error:
         _err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
+
+
+HostOption = Annotated[str | None, typer.Option(help="Interface to listen on.")]
+PortOption = Annotated[int | None, typer.Option(help="TCP port; 0 picks a free one.")]
+LogFormatOption = Annotated[str | None, typer.Option(help="console or json.")]
+
+
+@app.command("marketdata")
+def marketdata(
+    host: HostOption = None,
+    port: PortOption = None,
+    source: Annotated[str | None, typer.Option(help="replay or synthetic.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the tick generator.")] = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Serve ticks, bars and symbol info (default port 8001)."""
+    from quantmesh.services.marketdata.config import ENV_PREFIX, MarketDataSettings
+    from quantmesh.services.marketdata.service import build_runtime
+
+    _serve(
+        MarketDataSettings,
+        ENV_PREFIX,
+        build_runtime,
+        host=host,
+        port=port,
+        source=source,
+        seed=seed,
+        log_format=log_format,
+    )
+
+
+@app.command("features")
+def features(
+    host: HostOption = None,
+    port: PortOption = None,
+    marketdata_address: Annotated[
+        str | None, typer.Option(help="host:port of the market data service.")
+    ] = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Serve feature rows computed from market data's ticks (default port 8002)."""
+    from quantmesh.services.features.config import ENV_PREFIX, FeaturesSettings
+    from quantmesh.services.features.service import build_runtime
+
+    _serve(
+        FeaturesSettings,
+        ENV_PREFIX,
+        build_runtime,
+        host=host,
+        port=port,
+        marketdata_address=marketdata_address,
+        log_format=log_format,
+    )
+
+
+@app.command("decision")
+def decision(
+    host: HostOption = None,
+    port: PortOption = None,
+    features_address: Annotated[
+        str | None, typer.Option(help="host:port of the features service.")
+    ] = None,
+    inference_address: Annotated[
+        str | None, typer.Option(help="host:port of the inference service.")
+    ] = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Serve signals: model predictions plus policy (default port 8003)."""
+    from quantmesh.services.decision.config import ENV_PREFIX, DecisionSettings
+    from quantmesh.services.decision.service import build_runtime
+
+    _serve(
+        DecisionSettings,
+        ENV_PREFIX,
+        build_runtime,
+        host=host,
+        port=port,
+        features_address=features_address,
+        inference_address=inference_address,
+        log_format=log_format,
+    )
+
+
+@app.command("inference")
+def inference(
+    host: HostOption = None,
+    port: PortOption = None,
+    registry_root: Annotated[
+        Path | None, typer.Option(help="Model registry folder ($QUANTMESH_HOME/registry).")
+    ] = None,
+    model_refs: Annotated[
+        str | None,
+        typer.Option(help="Models to serve: name, name@alias or name:version, comma-separated."),
+    ] = None,
+    features_address: Annotated[
+        str | None, typer.Option(help="host:port of the features service.")
+    ] = None,
+    cache_size: Annotated[int | None, typer.Option(help="Prediction cache entries.")] = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Serve ONNX models over the Open Inference Protocol and stream predictions (port 8006)."""
+    from quantmesh.services.inference.config import ENV_PREFIX, InferenceSettings
+    from quantmesh.services.inference.service import build_runtime
+
+    _serve(
+        InferenceSettings,
+        ENV_PREFIX,
+        build_runtime,
+        host=host,
+        port=port,
+        registry_root=registry_root,
+        model_refs=model_refs,
+        features_address=features_address,
+        cache_size=cache_size,
+        log_format=log_format,
+    )

@@ -49,7 +49,7 @@ class StreamSpec(Generic[BatchT]):
         batch marks the end of a finite stream.
     """
 
-    open_call: Callable[[], Any]
+    open_call: Callable[..., Any]
     request_type: Callable[..., Any]
     subscription: Callable[[int, int], Any]
     batch_of: Callable[[Any], BatchT]

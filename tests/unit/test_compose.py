@@ -36,6 +36,9 @@ def test_compose_commands_name_real_cli_services_and_ports_are_unique() -> None:
     host_ports = []
     for name, service in _compose()["services"].items():
         command = service["command"]
+        if command[0] == "train":  # the one-shot job that fills the registry volume
+            assert service["restart"] == "no"
+            continue
         assert command[:2] == ["serve", name]
         assert name in servable, name
         env = service["environment"]
@@ -53,8 +56,35 @@ def test_compose_commands_name_real_cli_services_and_ports_are_unique() -> None:
     assert len(host_ports) == len(set(host_ports))
 
 
+def test_compose_peer_addresses_name_compose_services_on_their_ports() -> None:
+    services = _compose()["services"]
+    ports = {
+        name: service["environment"][f"QUANTMESH_{name.upper()}_PORT"]
+        for name, service in services.items()
+        if service["command"][0] == "serve"
+    }
+    for name, service in services.items():
+        for key, value in service.get("environment", {}).items():
+            if key.endswith("_ADDRESS"):
+                peer, port = value.split(":")
+                assert peer in ports, f"{name}: {key} names unknown service {peer}"
+                assert port == ports[peer], (
+                    f"{name}: {key} uses {port}, {peer} listens on {ports[peer]}"
+                )
+                assert peer in service.get("depends_on", {}), f"{name} must wait for {peer}"
+
+
+def test_compose_registry_is_shared_by_trainer_inference_and_decision() -> None:
+    compose = _compose()
+    assert "registry" in compose["volumes"]
+    for name in ("trainer", "inference", "decision"):
+        assert "registry:/var/lib/quantmesh/registry" in compose["services"][name]["volumes"]
+    depends = compose["services"]["inference"]["depends_on"]
+    assert depends["trainer"]["condition"] == "service_completed_successfully"
+
+
 def test_cli_lists_the_commands_compose_uses() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("serve", "health", "ticks", "bench", "up"):
+    for command in ("serve", "health", "ticks", "bench", "up", "train"):
         assert command in result.output

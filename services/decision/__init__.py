@@ -1,0 +1,1 @@
+"""decision: AI orchestration, from a model's predictions and market context to signals."""

@@ -1,0 +1,1 @@
+"""Features service: bars, indicators, sessions and regimes computed from the tick stream."""

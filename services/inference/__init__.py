@@ -1,0 +1,1 @@
+"""Inference: ONNX Runtime serving of registry models (Open Inference Protocol + streaming)."""

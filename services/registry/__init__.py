@@ -1,0 +1,1 @@
+"""Model registry: versioned ONNX artifacts with metrics, data range, schema and aliases."""

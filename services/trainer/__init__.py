@@ -1,0 +1,1 @@
+"""Trainer: walk-forward torch training of direction models, ONNX export, registration."""
