@@ -18,9 +18,14 @@ _out = Console()
 
 
 def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
-    from quantmesh.bench import inference, marketdata
+    from quantmesh.bench import features, inference, marketdata, signal_path
 
-    return {"marketdata": marketdata.run, "inference": inference.run}
+    return {
+        "marketdata": marketdata.run,
+        "features": features.run,
+        "inference": inference.run,
+        "signal_path": signal_path.run,
+    }
 
 
 def bench(

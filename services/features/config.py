@@ -22,6 +22,9 @@ class FeaturesSettings(ServiceSettings):
         smaller ones cut the latency of a bar close.
     tick_window:
         Batches of tick credit kept outstanding upstream.
+    tick_speed:
+        Replay speed asked of market data: 0 as fast as possible, 1.0 real time,
+        3600 one market hour per second (live-like runs and latency benchmarks).
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
@@ -30,3 +33,4 @@ class FeaturesSettings(ServiceSettings):
     marketdata_address: str = "127.0.0.1:8001"
     tick_batch_size: int = Field(default=2_000, ge=1, le=100_000)
     tick_window: int = Field(default=16, ge=1, le=1_024)
+    tick_speed: float = Field(default=0.0, ge=0.0)

@@ -90,6 +90,7 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
             [symbol.name for symbol in plan.symbols],
             batch_size=self._settings.tick_batch_size,
             window=self._settings.tick_window,
+            speed=self._settings.tick_speed,
         )
         async for batch in subscriber.batches():
             yield tick_columns_from_proto(batch)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -14,6 +14,7 @@ from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
 from quantmesh.services.marketdata import convert
 from quantmesh.services.marketdata.core import MarketData, paced
+from quantmesh.services.marketdata.sources import TickColumns
 
 SERVICE_NAME = marketdata_pb2.DESCRIPTOR.services_by_name["MarketDataService"].full_name
 
@@ -23,11 +24,21 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
-    """Serves :class:`MarketData` over gRPC; ``shutdown`` drains open streams."""
+    """Serves :class:`MarketData` over gRPC; ``shutdown`` drains open streams.
 
-    def __init__(self, core: MarketData, shutdown: asyncio.Event) -> None:
+    ``on_batch``, when given, sees every tick batch just before it is sent: the
+    benchmark uses it to time ticks through the pipeline.
+    """
+
+    def __init__(
+        self,
+        core: MarketData,
+        shutdown: asyncio.Event,
+        on_batch: Callable[[TickColumns], None] | None = None,
+    ) -> None:
         self._core = core
         self._shutdown = shutdown
+        self._on_batch = on_batch
 
     async def ListSymbols(
         self, request: marketdata_pb2.ListSymbolsRequest, context: Context
@@ -85,10 +96,18 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
                 batch_size=plan.batch_size,
                 speed=plan.speed,
             )
-            encode = convert.TickBatchEncoder(plan.symbols, plan.total)
+            encoder = convert.TickBatchEncoder(plan.symbols, plan.total)
+            encode: Callable[[TickColumns], marketdata_pb2.SubscribeResponse] = encoder
+            if self._on_batch is not None:
+                observe = self._on_batch
+
+                def encode(columns: TickColumns) -> marketdata_pb2.SubscribeResponse:
+                    observe(columns)
+                    return encoder(columns)
+
             try:
                 batches = paced(plan.batches(), plan.speed)
-                async for message in produce(batches, flow, self._shutdown, encode, encode.end):
+                async for message in produce(batches, flow, self._shutdown, encode, encoder.end):
                     yield message
             finally:
                 reader.cancel()
