@@ -52,8 +52,10 @@ class StreamSpec(Generic[BatchT]):
     open_call: Callable[..., Any]
     request_type: Callable[..., Any]
     subscription: Callable[[int, int], Any]
-    batch_of: Callable[[Any], BatchT]
-    size: Callable[[BatchT], int]
+    # Every quantmesh stream answers ``SubscribeResponse{batch}``, and its columnar
+    # batches count rows by their ``time_msc`` column; signals override ``size``.
+    batch_of: Callable[[Any], BatchT] = lambda response: response.batch
+    size: Callable[[BatchT], int] = lambda batch: len(batch.time_msc)  # type: ignore[attr-defined]
 
 
 @dataclass

@@ -36,7 +36,6 @@ class SignalSubscriber(StreamSubscriber[decision_pb2.SignalBatch]):
             open_call=stub.Subscribe,
             request_type=decision_pb2.SubscribeRequest,
             subscription=subscription,
-            batch_of=lambda response: response.batch,
             size=lambda batch: len(batch.signals),
         )
         super().__init__(spec, from_seq=from_seq, window=window, max_resumes=max_resumes)

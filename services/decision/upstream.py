@@ -46,8 +46,6 @@ class PredictionSubscriber(StreamSubscriber[inference_pb2.PredictionBatch]):
             open_call=stub.Subscribe,
             request_type=inference_pb2.SubscribeRequest,
             subscription=subscription,
-            batch_of=lambda response: response.batch,
-            size=lambda batch: len(batch.time_msc),
         )
         super().__init__(spec, from_seq=from_seq, window=window, max_resumes=max_resumes)
 

@@ -38,7 +38,5 @@ class FeatureSubscriber(StreamSubscriber[features_pb2.FeatureBatch]):
             open_call=stub.Subscribe,
             request_type=features_pb2.SubscribeRequest,
             subscription=subscription,
-            batch_of=lambda response: response.batch,
-            size=lambda batch: len(batch.time_msc),
         )
         super().__init__(spec, from_seq=from_seq, window=window, max_resumes=max_resumes)

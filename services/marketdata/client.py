@@ -56,7 +56,5 @@ class TickSubscriber(StreamSubscriber[marketdata_pb2.TickBatch]):
             open_call=stub.Subscribe,
             request_type=marketdata_pb2.SubscribeRequest,
             subscription=subscription,
-            batch_of=lambda response: response.batch,
-            size=lambda batch: len(batch.time_msc),
         )
         super().__init__(spec, from_seq=from_seq, window=window, max_resumes=max_resumes)
