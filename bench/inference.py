@@ -121,6 +121,23 @@ def _in_process(registry: ModelRegistry, features: np.ndarray) -> list[dict[str,
     ]
 
 
+def _production_model(registry: ModelRegistry) -> list[dict[str, Any]]:
+    """Batch-1 latency of the model ``quantmesh train`` makes (an MLP), if torch is here."""
+    try:
+        from quantmesh.services.trainer.pipeline import TrainConfig, train_model
+    except ImportError:  # torch comes with the `train` extra
+        return []
+    result = train_model(TrainConfig(model_name="eurusd-h1-mlp", folds=2), registry)
+    assert result.model_version is not None
+    server = ModelServer(registry, cache_size=0)
+    model = server.serve(f"{result.model_version.name}@champion").model
+    rows = result.data.X.astype(np.float32)
+    singles = [rows[i : i + 1] for i in range(len(rows))]
+    n = len(singles)
+    took = _timed(lambda i: model.predict(singles[i % n]), CALLS)
+    return [_row("in process: trained MLP, session run only", 1, took, IN_PROCESS_P99_TARGET_US)]
+
+
 def _calling(
     infer: Callable[[oip.ModelInferRequest], object], requests: list[oip.ModelInferRequest]
 ) -> Callable[[int], object]:
@@ -155,7 +172,7 @@ def run() -> dict[str, Any]:
         root = Path(tmp) / "registry"
         registry = ModelRegistry(root)
         register_tiny_model(registry, MODEL_NAME, train_direction_model(), ["champion"])
-        rows = _in_process(registry, features)
+        rows = _in_process(registry, features) + _production_model(registry)
         env = {
             "QUANTMESH_INFERENCE_REGISTRY_ROOT": str(root),
             "QUANTMESH_INFERENCE_MODEL_REFS": f"{MODEL_NAME}@champion",
