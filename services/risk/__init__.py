@@ -1,0 +1,1 @@
+"""risk: per-account limits, position sizing, model guards and the kill switch."""
