@@ -163,8 +163,9 @@ class RuleVerdict(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     UNIT_FIELD_NUMBER: _builtins.int
     rule: _builtins.str
-    """Rule name: one of `kill_switch`, `risk_per_trade`, `max_daily_loss`,
-    `max_open_positions`, `volume_bounds`, `min_reward_risk`, `stops_present`.
+    """Rule name, in evaluation order: `kill_switch`, `signal_shape`, `min_reward_risk`,
+    `max_daily_loss`, `max_open_positions`, `volatility`, `atr`, `drift`, `confidence`,
+    `regime`, `risk_per_trade`, `volume_bounds`. Every decision has one verdict per rule.
     """
     passed: _builtins.bool
     """True if the rule passed."""
@@ -216,8 +217,9 @@ class RiskLimits(_message.Message):
     """
     max_daily_loss_bps: _builtins.int
     """Largest loss allowed in one UTC day (realized plus unrealized, from the day's
-    starting equity), in basis points. Once reached, opening signals are rejected
-    until the next UTC day. Default 500 (5 %). Range 1 to 10,000.
+    starting equity), in basis points. Reaching it engages the account's kill switch,
+    which stays engaged until an operator resets it (SetKillSwitch). Default 500 (5 %).
+    Range 1 to 10,000.
     """
     max_open_positions: _builtins.int
     """Most positions open at once across all symbols. Default 5. At least 1."""

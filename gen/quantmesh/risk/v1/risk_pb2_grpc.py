@@ -69,8 +69,12 @@ class RiskServiceServicer:
     def EvaluateSignal(self, request, context):
         """Evaluates one signal for one account: runs every rule, sizes the position and
         says whether the signal may be traded. A rejected signal is a normal answer
-        (`approved = false`), not an error. INVALID_ARGUMENT for a malformed signal
-        (e.g. a BUY without stop loss); NOT_FOUND for an unknown account or symbol.
+        (`approved = false`), not an error: a BUY or SELL without a stop loss is such a
+        rejection (rule `signal_shape`), so the audit log keeps its verdicts.
+        INVALID_ARGUMENT for a malformed signal (no action, a stop or target on the wrong
+        side of the price, confidence outside [0, 1]); NOT_FOUND for an unknown account or
+        symbol; FAILED_PRECONDITION when no quote converts the symbol's profit currency
+        into the account currency.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

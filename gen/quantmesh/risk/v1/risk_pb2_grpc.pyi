@@ -43,8 +43,12 @@ class RiskServiceStub:
     EvaluateSignal: _grpc.UnaryUnaryMultiCallable[_risk_pb2.EvaluateSignalRequest, _risk_pb2.EvaluateSignalResponse]
     """Evaluates one signal for one account: runs every rule, sizes the position and
     says whether the signal may be traded. A rejected signal is a normal answer
-    (`approved = false`), not an error. INVALID_ARGUMENT for a malformed signal
-    (e.g. a BUY without stop loss); NOT_FOUND for an unknown account or symbol.
+    (`approved = false`), not an error: a BUY or SELL without a stop loss is such a
+    rejection (rule `signal_shape`), so the audit log keeps its verdicts.
+    INVALID_ARGUMENT for a malformed signal (no action, a stop or target on the wrong
+    side of the price, confidence outside [0, 1]); NOT_FOUND for an unknown account or
+    symbol; FAILED_PRECONDITION when no quote converts the symbol's profit currency
+    into the account currency.
     """
     GetLimits: _grpc.UnaryUnaryMultiCallable[_risk_pb2.GetLimitsRequest, _risk_pb2.GetLimitsResponse]
     """Returns the risk limits of an account. NOT_FOUND for an unknown account."""
@@ -70,8 +74,12 @@ class RiskServiceAsyncStub(RiskServiceStub):
     EvaluateSignal: _aio.UnaryUnaryMultiCallable[_risk_pb2.EvaluateSignalRequest, _risk_pb2.EvaluateSignalResponse]  # type: ignore[assignment]
     """Evaluates one signal for one account: runs every rule, sizes the position and
     says whether the signal may be traded. A rejected signal is a normal answer
-    (`approved = false`), not an error. INVALID_ARGUMENT for a malformed signal
-    (e.g. a BUY without stop loss); NOT_FOUND for an unknown account or symbol.
+    (`approved = false`), not an error: a BUY or SELL without a stop loss is such a
+    rejection (rule `signal_shape`), so the audit log keeps its verdicts.
+    INVALID_ARGUMENT for a malformed signal (no action, a stop or target on the wrong
+    side of the price, confidence outside [0, 1]); NOT_FOUND for an unknown account or
+    symbol; FAILED_PRECONDITION when no quote converts the symbol's profit currency
+    into the account currency.
     """
     GetLimits: _aio.UnaryUnaryMultiCallable[_risk_pb2.GetLimitsRequest, _risk_pb2.GetLimitsResponse]  # type: ignore[assignment]
     """Returns the risk limits of an account. NOT_FOUND for an unknown account."""
@@ -100,8 +108,12 @@ class RiskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_risk_pb2.EvaluateSignalResponse, _abc.Awaitable[_risk_pb2.EvaluateSignalResponse]]:
         """Evaluates one signal for one account: runs every rule, sizes the position and
         says whether the signal may be traded. A rejected signal is a normal answer
-        (`approved = false`), not an error. INVALID_ARGUMENT for a malformed signal
-        (e.g. a BUY without stop loss); NOT_FOUND for an unknown account or symbol.
+        (`approved = false`), not an error: a BUY or SELL without a stop loss is such a
+        rejection (rule `signal_shape`), so the audit log keeps its verdicts.
+        INVALID_ARGUMENT for a malformed signal (no action, a stop or target on the wrong
+        side of the price, confidence outside [0, 1]); NOT_FOUND for an unknown account or
+        symbol; FAILED_PRECONDITION when no quote converts the symbol's profit currency
+        into the account currency.
         """
 
     @_abc_1.abstractmethod
