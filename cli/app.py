@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from quantmesh.cli import bench, health, serve, ticks, train, up
+from quantmesh.cli import bench, health, report, serve, ticks, train, up
 
 app = typer.Typer(
     name="quantmesh",
@@ -18,6 +18,7 @@ app.command("bench")(bench.bench)
 app.command("up")(up.up)
 app.command("health")(health.health)
 app.command("train")(train.train)
+app.command("report")(report.report)
 
 
 def main() -> None:

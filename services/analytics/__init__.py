@@ -1,0 +1,1 @@
+"""analytics: profit and loss, equity curve, drawdown and model performance from fills."""
