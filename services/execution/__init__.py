@@ -1,0 +1,1 @@
+"""execution: the order state machine, a paper broker, positions and a durable order store."""

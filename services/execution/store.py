@@ -1,0 +1,577 @@
+"""Durable execution state on SQLite: orders, fills, positions, reports and the account.
+
+One file (``$QUANTMESH_HOME/execution/execution.sqlite3`` by default), WAL mode,
+``synchronous = FULL``: a committed transaction survives a crash. Tables:
+
+- ``orders``: one row per order, ``UNIQUE (account_id, idempotency_key)``. Triggers make
+  the state machine a property of the data: a row is inserted only in state NEW, every
+  update must be an edge of :data:`~quantmesh.services.execution.orders.ORDER_STATE_TABLE`
+  (copied into ``order_transitions``), and rows are never deleted. A final order
+  therefore cannot change at all.
+- ``fills``: one row per broker deal (primary key: the deal id, so a deal is booked
+  once), with its commission and realized profit.
+- ``positions``: open and closed positions, legs as JSON.
+- ``events``: the append-only execution reports, numbered by ``seq`` from 0 without
+  gaps; the ExecutionReport stream reads and resumes from here.
+- ``accounts``: the account snapshot (balance, totals) and the broker journal cursor;
+  ``quotes``: the last quote of each symbol; ``counters``: id sequences.
+
+Every change is made inside :meth:`ExecutionStore.transaction`, so the orders, fills,
+positions, reports, account and cursor of one broker event commit together or not at
+all. Money and lots are stored as decimal text, never REAL. Nothing here imports grpc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from quantmesh.services.execution.accounts import Fill, Leg, Position, Quote
+from quantmesh.services.execution.orders import (
+    ORDER_STATE_TABLE,
+    InvalidTransition,
+    Order,
+    OrderState,
+    OrderType,
+    Origin,
+    Side,
+    TimeInForce,
+)
+
+ZERO = Decimal(0)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS order_transitions (
+  from_state INTEGER NOT NULL,
+  to_state   INTEGER NOT NULL,
+  PRIMARY KEY (from_state, to_state)
+);
+CREATE TABLE IF NOT EXISTS orders (
+  seq              INTEGER PRIMARY KEY,  -- insertion order: newest first is seq DESC
+  order_id         TEXT    NOT NULL UNIQUE,
+  account_id       TEXT    NOT NULL,
+  idempotency_key  TEXT    NOT NULL,
+  symbol           TEXT    NOT NULL,
+  side             INTEGER NOT NULL,
+  type             INTEGER NOT NULL,
+  volume           TEXT    NOT NULL,
+  price            INTEGER,
+  stop_loss        INTEGER,
+  take_profit      INTEGER,
+  time_in_force    INTEGER NOT NULL,
+  expire_time_ms   INTEGER NOT NULL,
+  deviation_points INTEGER NOT NULL,
+  position_id      TEXT    NOT NULL,
+  signal_id        TEXT    NOT NULL,
+  traceparent      TEXT    NOT NULL,
+  tracestate       TEXT    NOT NULL,
+  origin           TEXT    NOT NULL,
+  state            INTEGER NOT NULL,
+  created_time_ms  INTEGER NOT NULL,
+  updated_time_ms  INTEGER NOT NULL,
+  filled_volume    TEXT    NOT NULL,
+  fill_notional    TEXT    NOT NULL,
+  commission       TEXT    NOT NULL,
+  reject_reason    TEXT    NOT NULL,
+  broker_order_id  TEXT    NOT NULL,
+  UNIQUE (account_id, idempotency_key)
+);
+CREATE TRIGGER IF NOT EXISTS orders_start_new BEFORE INSERT ON orders
+WHEN NEW.state <> 1
+BEGIN SELECT RAISE(ABORT, 'an order is recorded in state NEW first'); END;
+CREATE TRIGGER IF NOT EXISTS orders_follow_the_table BEFORE UPDATE ON orders
+WHEN NOT EXISTS (
+  SELECT 1 FROM order_transitions WHERE from_state = OLD.state AND to_state = NEW.state)
+BEGIN SELECT RAISE(ABORT, 'illegal order state transition'); END;
+CREATE TRIGGER IF NOT EXISTS orders_are_kept BEFORE DELETE ON orders
+BEGIN SELECT RAISE(ABORT, 'orders are never deleted'); END;
+CREATE TABLE IF NOT EXISTS fills (
+  deal_id      TEXT    PRIMARY KEY,
+  account_id   TEXT    NOT NULL,
+  order_id     TEXT    NOT NULL REFERENCES orders (order_id),
+  position_id  TEXT    NOT NULL,
+  symbol       TEXT    NOT NULL,
+  side         INTEGER NOT NULL,
+  volume       TEXT    NOT NULL,
+  price        INTEGER NOT NULL,
+  commission   TEXT    NOT NULL,
+  realized_pnl TEXT    NOT NULL,
+  time_ms      INTEGER NOT NULL,
+  closing      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+  position_id    TEXT    PRIMARY KEY,
+  account_id     TEXT    NOT NULL,
+  symbol         TEXT    NOT NULL,
+  side           INTEGER NOT NULL,
+  legs           TEXT    NOT NULL,  -- JSON [[volume, price], ...] of the open legs
+  stop_loss      INTEGER,
+  take_profit    INTEGER,
+  open_time_ms   INTEGER NOT NULL,
+  order_id       TEXT    NOT NULL,
+  signal_id      TEXT    NOT NULL,
+  commission     TEXT    NOT NULL,
+  realized_pnl   TEXT    NOT NULL,
+  closed_time_ms INTEGER NOT NULL,
+  open           INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+  seq        INTEGER PRIMARY KEY,
+  account_id TEXT    NOT NULL,
+  body       TEXT    NOT NULL  -- JSON of the ExecutionReport
+);
+CREATE TRIGGER IF NOT EXISTS events_append_only BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'execution reports are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_kept BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'execution reports are append-only'); END;
+CREATE TABLE IF NOT EXISTS accounts (
+  account_id       TEXT    PRIMARY KEY,
+  currency         TEXT    NOT NULL,
+  starting_balance TEXT    NOT NULL,
+  balance          TEXT    NOT NULL,
+  realized         TEXT    NOT NULL,
+  commission       TEXT    NOT NULL,
+  broker_cursor    INTEGER NOT NULL  -- seq of the last broker journal event applied
+);
+CREATE TABLE IF NOT EXISTS quotes (
+  symbol  TEXT    PRIMARY KEY,
+  bid     INTEGER NOT NULL,
+  ask     INTEGER NOT NULL,
+  time_ms INTEGER NOT NULL,
+  seq     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+  name  TEXT    PRIMARY KEY,
+  value INTEGER NOT NULL
+)
+"""
+_ORDER_COLUMNS = tuple(f.name for f in fields(Order))
+_SELECT_ORDER = f"SELECT seq, {', '.join(_ORDER_COLUMNS)} FROM orders"  # noqa: S608 (constant)
+_INSERT_ORDER = (
+    f"INSERT INTO orders ({', '.join(_ORDER_COLUMNS)}) "  # noqa: S608 (constant)
+    f"VALUES ({', '.join('?' * len(_ORDER_COLUMNS))})"
+)
+_UPDATE_ORDER = (
+    "UPDATE orders SET state = ?, updated_time_ms = ?, filled_volume = ?, fill_notional = ?, "
+    "commission = ?, reject_reason = ?, broker_order_id = ? "
+    "WHERE order_id = ? AND state = ? AND filled_volume = ?"
+)
+_POSITION_COLUMNS = (
+    "position_id, account_id, symbol, side, legs, stop_loss, take_profit, open_time_ms, "
+    "order_id, signal_id, commission, realized_pnl, closed_time_ms"
+)
+_FILL_COLUMNS = (
+    "deal_id, order_id, position_id, symbol, side, volume, price, commission, time_ms, "
+    "closing, realized_pnl"
+)
+
+
+def default_store_path() -> Path:
+    """``$QUANTMESH_HOME/execution/execution.sqlite3``; ``QUANTMESH_HOME`` defaults to ``./var``."""
+    return Path(os.environ.get("QUANTMESH_HOME") or "var") / "execution" / "execution.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionReport:
+    """One change of an order, as ``quantmesh.execution.v1.ExecutionReport``.
+
+    ``seq`` is -1 until the store appends the report. ``fill_volume`` is zero and
+    ``fill_price`` None when the report is no fill; prices are points (the average
+    fractional), money in the account currency.
+    """
+
+    seq: int
+    report_id: str
+    order_id: str
+    idempotency_key: str
+    account_id: str
+    symbol: str
+    side: Side
+    state: OrderState
+    fill_volume: Decimal
+    fill_price: int | None
+    filled_volume: Decimal
+    remaining_volume: Decimal
+    average_fill_price: Decimal | None
+    commission: Decimal
+    reason: str
+    broker_order_id: str
+    broker_deal_id: str
+    position_id: str
+    signal_id: str
+    time_ms: int
+    traceparent: str
+    tracestate: str
+
+
+def report_of(order: Order, time_ms: int, fill: Fill | None = None) -> ExecutionReport:
+    """The (unnumbered) report of ``order`` as it is now, with ``fill`` if one made it so."""
+    return ExecutionReport(
+        seq=-1,
+        report_id="",
+        order_id=order.order_id,
+        idempotency_key=order.idempotency_key,
+        account_id=order.account_id,
+        symbol=order.symbol,
+        side=order.side,
+        state=order.state,
+        fill_volume=fill.volume if fill else ZERO,
+        fill_price=fill.price if fill else None,
+        filled_volume=order.filled_volume,
+        remaining_volume=order.remaining_volume,
+        average_fill_price=order.average_fill_price,
+        commission=fill.commission if fill else ZERO,
+        reason=order.reject_reason if order.state.is_final and not fill else "",
+        broker_order_id=order.broker_order_id,
+        broker_deal_id=fill.deal_id if fill else "",
+        position_id=fill.position_id if fill else "",
+        signal_id=order.signal_id,
+        time_ms=time_ms,
+        traceparent=order.traceparent,
+        tracestate=order.tracestate,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """The persisted account snapshot and the broker journal cursor."""
+
+    account_id: str
+    currency: str
+    starting_balance: Decimal
+    balance: Decimal
+    realized: Decimal
+    commission: Decimal
+    broker_cursor: int = -1
+
+
+class StoreTransaction:
+    """Writes inside one ``BEGIN IMMEDIATE`` transaction (:meth:`ExecutionStore.transaction`)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def next_id(self, name: str) -> int:
+        """The next value of sequence ``name``, from 1."""
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, 1) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + 1",
+            (name,),
+        )
+        (value,) = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return int(value)
+
+    def order_by_key(self, account_id: str, key: str) -> Order | None:
+        """See :meth:`ExecutionStore.order_by_key` (reads inside the transaction)."""
+        return _one_order(self._db, "account_id = ? AND idempotency_key = ?", (account_id, key))
+
+    def insert_order(self, order: Order) -> None:
+        """Record a NEW order; a known ``(account_id, idempotency_key)`` raises IntegrityError."""
+        self._db.execute(_INSERT_ORDER, [_sql(getattr(order, c)) for c in _ORDER_COLUMNS])
+
+    def update_order(self, before: Order, after: Order) -> None:
+        """Replace ``before`` by ``after``, which must be a legal transition of it.
+
+        Raises
+        ------
+        InvalidTransition
+            The state change is not an edge of the table, or the stored row is no longer
+            ``before`` (someone else changed it).
+        """
+        legal = {(a, b) for (a, _), b in ORDER_STATE_TABLE.items()}
+        if before.order_id != after.order_id or (before.state, after.state) not in legal:
+            raise InvalidTransition(
+                f"order {before.order_id}: {before.state.name} → {after.state.name} is illegal"
+            )
+        changed = self._db.execute(
+            _UPDATE_ORDER,
+            (
+                int(after.state),
+                after.updated_time_ms,
+                str(after.filled_volume),
+                str(after.fill_notional),
+                str(after.commission),
+                after.reject_reason,
+                after.broker_order_id,
+                after.order_id,
+                int(before.state),
+                str(before.filled_volume),
+            ),
+        ).rowcount
+        if changed != 1:
+            raise InvalidTransition(f"order {before.order_id} changed under the update")
+
+    def insert_fill(self, account_id: str, fill: Fill) -> None:
+        """Book a deal; a deal id already booked raises IntegrityError."""
+        values = [_sql(getattr(fill, c.strip())) for c in _FILL_COLUMNS.split(",")]
+        self._db.execute(
+            f"INSERT INTO fills (account_id, {_FILL_COLUMNS}) "  # noqa: S608 (constant)
+            f"VALUES (?, {', '.join('?' * len(values))})",
+            [account_id, *values],
+        )
+
+    def save_position(self, position: Position) -> None:
+        """Insert or replace a position (open or closed)."""
+        legs = json.dumps([[str(leg.volume), leg.price] for leg in position.legs])
+        values = [
+            _sql(legs if c.strip() == "legs" else getattr(position, c.strip()))
+            for c in _POSITION_COLUMNS.split(",")
+        ]
+        self._db.execute(
+            f"INSERT OR REPLACE INTO positions ({_POSITION_COLUMNS}, open) "  # noqa: S608
+            f"VALUES ({', '.join('?' * len(values))}, ?)",
+            [*values, int(position.is_open)],
+        )
+
+    def save_account(self, record: AccountRecord) -> None:
+        """Insert or replace the account snapshot."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO accounts (account_id, currency, starting_balance, balance,"
+            " realized, commission, broker_cursor) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [_sql(getattr(record, f.name)) for f in fields(record)],
+        )
+
+    def append_report(self, report: ExecutionReport) -> ExecutionReport:
+        """Number ``report`` with the next seq (from 0) and append it."""
+        seq = self.next_id("report") - 1
+        numbered = replace(report, seq=seq, report_id=f"R{seq}")
+        body = {f.name: _sql(getattr(numbered, f.name)) for f in fields(numbered)}
+        self._db.execute(
+            "INSERT INTO events (seq, account_id, body) VALUES (?, ?, ?)",
+            (seq, numbered.account_id, json.dumps(body)),
+        )
+        return numbered
+
+    def save_quotes(self, quotes: Iterable[Quote]) -> None:
+        """Remember the last quote of each symbol."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO quotes (symbol, bid, ask, time_ms, seq) VALUES (?, ?, ?, ?, ?)",
+            [(q.symbol, q.bid, q.ask, q.time_ms, q.seq) for q in quotes],
+        )
+
+
+class ExecutionStore:
+    """Execution's durable state in one SQLite file (see the module docstring).
+
+    Parameters
+    ----------
+    path:
+        Database file, created with its folder if missing; None for
+        :func:`default_store_path`. One store object per process: it holds one
+        connection, and the engine serialises access to it.
+    """
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")  # an order is on disk before it is sent
+        self._db.execute("PRAGMA foreign_keys = ON")
+        with self.transaction():
+            for statement in _SCHEMA.split(";\n"):
+                self._db.execute(statement)
+            # The table in code is the truth; the copy the trigger reads follows it.
+            self._db.execute("DELETE FROM order_transitions")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO order_transitions (from_state, to_state) VALUES (?, ?)",
+                [(int(a), int(b)) for (a, _), b in ORDER_STATE_TABLE.items()],
+            )
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[StoreTransaction]:
+        """One atomic unit of writes: committed when the block ends, rolled back on error."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield StoreTransaction(self._db)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- reads ------------------------------------------------------------------------
+
+    def order(self, order_id: str) -> Order | None:
+        """The order with execution id ``order_id``, or None."""
+        return _one_order(self._db, "order_id = ?", (order_id,))
+
+    def order_by_key(self, account_id: str, key: str) -> Order | None:
+        """The order of ``account_id`` with idempotency key ``key``, or None."""
+        return _one_order(self._db, "account_id = ? AND idempotency_key = ?", (account_id, key))
+
+    def orders(
+        self,
+        account_id: str,
+        *,
+        states: Sequence[OrderState] = (),
+        symbol: str = "",
+        from_time_ms: int = 0,
+        to_time_ms: int = 0,
+        before_seq: int = 0,
+        limit: int = 100,
+    ) -> list[tuple[int, Order]]:
+        """``(seq, order)`` newest first, filtered; ``before_seq`` > 0 pages on."""
+        where: list[str] = ["account_id = ?"]
+        args: list[str | int] = [account_id]
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args.extend(int(s) for s in states)
+        for clause, value in (
+            ("symbol = ?", symbol),
+            ("created_time_ms >= ?", from_time_ms),
+            ("created_time_ms < ?", to_time_ms),
+            ("seq < ?", before_seq),
+        ):
+            if value:
+                where.append(clause)
+                args.append(value)
+        rows = self._db.execute(
+            f"{_SELECT_ORDER} WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+            [*args, limit],
+        ).fetchall()
+        return [(row[0], _order(row[1:])) for row in rows]
+
+    def positions(self, account_id: str, *, open_only: bool = True) -> list[Position]:
+        """Positions of ``account_id``, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_POSITION_COLUMNS} FROM positions "  # noqa: S608 (constant)
+            f"WHERE account_id = ? AND open >= ? ORDER BY open_time_ms, rowid",
+            (account_id, int(open_only)),
+        ).fetchall()
+        return [_position(row) for row in rows]
+
+    def fills(self, account_id: str, *, since_ms: int = 0) -> list[Fill]:
+        """Deals of ``account_id`` in booking order."""
+        rows = self._db.execute(
+            f"SELECT {_FILL_COLUMNS} FROM fills "  # noqa: S608 (constant)
+            "WHERE account_id = ? AND time_ms >= ? ORDER BY rowid",
+            (account_id, since_ms),
+        ).fetchall()
+        return [_fill(row) for row in rows]
+
+    def account(self, account_id: str) -> AccountRecord | None:
+        """The account snapshot, or None before the first write."""
+        row = self._db.execute(
+            "SELECT account_id, currency, starting_balance, balance, realized, commission, "
+            "broker_cursor FROM accounts WHERE account_id = ?",
+            (account_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        start, balance, realized, commission = (Decimal(text) for text in row[2:6])
+        return AccountRecord(row[0], row[1], start, balance, realized, commission, row[6])
+
+    def quotes(self) -> dict[str, Quote]:
+        """Last quote of each symbol."""
+        rows = self._db.execute("SELECT symbol, bid, ask, time_ms, seq FROM quotes")
+        return {row[0]: Quote(*row) for row in rows}
+
+    def reports_since(
+        self, from_seq: int = 0, limit: int = 1000, account_ids: Sequence[str] = ()
+    ) -> list[ExecutionReport]:
+        """Reports with ``seq >= from_seq``, oldest first, at most ``limit``."""
+        where, args = "seq >= ?", [from_seq, *account_ids]
+        if account_ids:
+            where += f" AND account_id IN ({', '.join('?' * len(account_ids))})"
+        rows = self._db.execute(
+            f"SELECT body FROM events WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608
+            [*args, limit],
+        )
+        return [_report(json.loads(body)) for (body,) in rows]
+
+    def last_report_seq(self) -> int:
+        """Seq of the newest report, -1 when there is none."""
+        (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM events").fetchone()
+        return int(seq)
+
+
+def _sql(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, Origin):
+        return value.value
+    if isinstance(value, int):  # IntEnum members included
+        return int(value)
+    return value
+
+
+def _one_order(db: sqlite3.Connection, where: str, args: Sequence[Any]) -> Order | None:
+    row = db.execute(f"{_SELECT_ORDER} WHERE {where}", args).fetchone()
+    return None if row is None else _order(row[1:])
+
+
+_ORDER_TYPES: dict[str, Any] = {
+    "side": Side,
+    "type": OrderType,
+    "time_in_force": TimeInForce,
+    "origin": Origin,
+    "state": OrderState,
+    "volume": Decimal,
+    "filled_volume": Decimal,
+    "fill_notional": Decimal,
+    "commission": Decimal,
+}
+
+
+def _order(row: Sequence[Any]) -> Order:
+    values = dict(zip(_ORDER_COLUMNS, row, strict=True))
+    return Order(**{k: _ORDER_TYPES[k](v) if k in _ORDER_TYPES else v for k, v in values.items()})
+
+
+def _position(row: Sequence[Any]) -> Position:
+    (pid, account, symbol, side, legs, sl, tp, opened, order_id, signal, fee, pnl, closed) = row
+    return Position(
+        position_id=pid,
+        account_id=account,
+        symbol=symbol,
+        side=Side(side),
+        legs=tuple(Leg(Decimal(v), int(p)) for v, p in json.loads(legs)),
+        stop_loss=sl,
+        take_profit=tp,
+        open_time_ms=opened,
+        order_id=order_id,
+        signal_id=signal,
+        commission=Decimal(fee),
+        realized_pnl=Decimal(pnl),
+        closed_time_ms=closed,
+    )
+
+
+def _fill(row: Sequence[Any]) -> Fill:
+    (deal, order_id, pid, symbol, side, volume, price, fee, time_ms, closing, pnl) = row
+    return Fill(
+        deal,
+        order_id,
+        pid,
+        symbol,
+        Side(side),
+        Decimal(volume),
+        price,
+        Decimal(fee),
+        time_ms,
+        bool(closing),
+        Decimal(pnl),
+    )
+
+
+def _report(body: dict[str, Any]) -> ExecutionReport:
+    decimals = ("fill_volume", "filled_volume", "remaining_volume", "commission")
+    for name in decimals:
+        body[name] = Decimal(body[name])
+    if body["average_fill_price"] is not None:
+        body["average_fill_price"] = Decimal(body["average_fill_price"])
+    body["side"], body["state"] = Side(body["side"]), OrderState(body["state"])
+    return ExecutionReport(**body)
