@@ -32,7 +32,7 @@ class SignalSubscriber(StreamSubscriber[decision_pb2.SignalBatch]):
                 include_hold=include_hold,
             )
 
-        spec = StreamSpec(
+        spec: StreamSpec[decision_pb2.SignalBatch] = StreamSpec(
             open_call=stub.Subscribe,
             request_type=decision_pb2.SubscribeRequest,
             subscription=subscription,

@@ -42,7 +42,7 @@ class PredictionSubscriber(StreamSubscriber[inference_pb2.PredictionBatch]):
                 initial_credit=initial_credit,
             )
 
-        spec = StreamSpec(
+        spec: StreamSpec[inference_pb2.PredictionBatch] = StreamSpec(
             open_call=stub.Subscribe,
             request_type=inference_pb2.SubscribeRequest,
             subscription=subscription,

@@ -34,7 +34,7 @@ class FeatureSubscriber(StreamSubscriber[features_pb2.FeatureBatch]):
                 feature_names=list(feature_names),
             )
 
-        spec = StreamSpec(
+        spec: StreamSpec[features_pb2.FeatureBatch] = StreamSpec(
             open_call=stub.Subscribe,
             request_type=features_pb2.SubscribeRequest,
             subscription=subscription,

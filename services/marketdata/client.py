@@ -52,7 +52,7 @@ class TickSubscriber(StreamSubscriber[marketdata_pb2.TickBatch]):
                 initial_credit=initial_credit,
             )
 
-        spec = StreamSpec(
+        spec: StreamSpec[marketdata_pb2.TickBatch] = StreamSpec(
             open_call=stub.Subscribe,
             request_type=marketdata_pb2.SubscribeRequest,
             subscription=subscription,
