@@ -32,7 +32,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from enum import IntEnum
+
+from quantmesh.services.execution.orders import Side
 
 __all__ = [
     "CONTRACT_SIZE",
@@ -55,18 +56,6 @@ CONTRACT_SIZE = Decimal(100_000)  # units of the base currency in one lot
 
 Conversion = Callable[[str, int], Decimal]
 """``(symbol, time_ms) → account-currency units per unit of the symbol's quote currency``."""
-
-
-class Side(IntEnum):
-    """Trade direction; values match ``quantmesh.common.v1.Side``."""
-
-    BUY = 1
-    SELL = 2
-
-    @property
-    def sign(self) -> int:
-        """+1 for a buy (long), −1 for a sell (short)."""
-        return 1 if self is Side.BUY else -1
 
 
 def price(points: int, digits: int) -> Decimal:
