@@ -160,3 +160,27 @@ def inference(
         cache_size=cache_size,
         log_format=log_format,
     )
+
+
+@app.command("execution")
+def execution(
+    host: HostOption = None,
+    port: PortOption = None,
+    marketdata_address: Annotated[
+        str | None, typer.Option(help="host:port of the market data service (fills, stops).")
+    ] = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Serve orders on the paper broker, positions and the account (default port 8007)."""
+    from quantmesh.services.execution.config import ENV_PREFIX, ExecutionSettings
+    from quantmesh.services.execution.service import build_runtime
+
+    _serve(
+        ExecutionSettings,
+        ENV_PREFIX,
+        build_runtime,
+        host=host,
+        port=port,
+        marketdata_address=marketdata_address,
+        log_format=log_format,
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -51,6 +51,9 @@ class ServiceRuntime:
     register:
         Adds the service's servicers to the server, given the ``shutdown`` event that
         long-lived streams watch to end at a batch boundary.
+    background:
+        Jobs that run beside the server (e.g. a tick feed), started after it and
+        cancelled when it stops; each gets the ``shutdown`` event.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class ServiceRuntime:
         service_names: Sequence[str],
         register: Registrar,
         interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+        background: Sequence[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self.name = name
         self.settings = settings
@@ -68,6 +72,8 @@ class ServiceRuntime:
         self.port = 0
         self._register = register
         self._interceptors = list(interceptors)
+        self._background = list(background)
+        self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # stubs lag grpcio
         self._log = get_logger(name)
@@ -90,6 +96,7 @@ class ServiceRuntime:
         for service_name in ["", *self.service_names]:
             await self._health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
         self._server, self.port = server, port
+        self._tasks = [asyncio.create_task(job(self.shutdown)) for job in self._background]
         self._log.info("serving", address=f"{self.settings.host}:{port}")
         return port
 
@@ -109,7 +116,10 @@ class ServiceRuntime:
         await self._health.enter_graceful_shutdown()
         self.shutdown.set()
         await self._server.stop(grace)
-        self._server = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._server, self._tasks = None, []
         self._log.info("stopped")
 
     async def run_until_signal(self) -> None:

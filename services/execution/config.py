@@ -1,0 +1,45 @@
+"""Settings of the execution service (env prefix ``QUANTMESH_EXECUTION_``)."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from quantmesh.runtime.config import ServiceSettings
+
+ENV_PREFIX = "QUANTMESH_EXECUTION_"
+
+
+def _default_folder() -> Path:
+    return Path(os.environ.get("QUANTMESH_HOME") or "var") / "execution"
+
+
+class ExecutionSettings(ServiceSettings):
+    """Execution settings.
+
+    Attributes
+    ----------
+    marketdata_address:
+        ``host:port`` of market data: its ticks drive fills, stops and targets.
+    folder:
+        Where the order store and the paper broker's journal live.
+    account_id, currency, starting_balance:
+        The paper account.
+    tick_speed:
+        Replay speed asked of market data: 0 as fast as possible, 1.0 real time.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    port: int = Field(default=8007, ge=0, le=65535)  # the seed's trading-engine port
+    marketdata_address: str = "127.0.0.1:8001"
+    folder: Path = Field(default_factory=_default_folder)
+    account_id: str = Field(default="paper", min_length=1, max_length=64)
+    currency: str = Field(default="USD", pattern="^[A-Z]{3}$")
+    starting_balance: Decimal = Field(default=Decimal("10000"), gt=0)
+    tick_batch_size: int = Field(default=1_000, ge=1, le=100_000)
+    tick_speed: float = Field(default=0.0, ge=0.0)
