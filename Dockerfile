@@ -16,6 +16,7 @@ RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/wh
     && rm -rf /app/*
 
 # Services run unprivileged; the registry volume is theirs.
-RUN mkdir -p /var/lib/quantmesh/registry && chown -R 10001 /var/lib/quantmesh
+RUN mkdir -p /var/lib/quantmesh/registry /var/lib/quantmesh/execution \
+    && chown -R 10001 /var/lib/quantmesh
 USER 10001
 ENTRYPOINT ["quantmesh"]
