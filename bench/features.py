@@ -12,14 +12,13 @@ Target (DESIGN.md): at least 500,000 ticks/s through marketdata → features, ba
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from quantmesh.mesh.launcher import local_pipeline
+from quantmesh.runtime.config import quantmesh_home
 from quantmesh.services.features.client import FeatureSubscriber
 from quantmesh.services.features.engine import FeatureEngine
 from quantmesh.services.marketdata.sources import EURUSD, ReplaySource, TickColumns
@@ -63,7 +62,7 @@ def run() -> dict[str, Any]:
         batches = list(source.read(["EURUSD"], batch_size=batch_size))
         results.append(_engine_row(batches, batch_size))
     ticks = source.tick_count(["EURUSD"])
-    home = Path(os.environ.get("QUANTMESH_HOME", "var"))
+    home = quantmesh_home()
     with local_pipeline(home, services=("marketdata", "features")) as running:
         for attempt in range(2):  # the first read also warms the services up
             rows, elapsed = asyncio.run(_read_all(running["features"].address))

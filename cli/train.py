@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -20,6 +19,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from quantmesh.runtime.config import quantmesh_home
+
 if TYPE_CHECKING:
     from quantmesh.services.trainer.pipeline import TrainingResult
 
@@ -29,7 +30,7 @@ _err = Console(stderr=True)
 
 def default_registry() -> Path:
     """``$QUANTMESH_HOME/registry``, with ``QUANTMESH_HOME`` defaulting to ``./var``."""
-    return Path(os.environ.get("QUANTMESH_HOME") or "var") / "registry"
+    return quantmesh_home() / "registry"
 
 
 def train(

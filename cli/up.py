@@ -9,7 +9,6 @@ and keeps serving for ``quantmesh ticks``, ``buf curl`` or ``grpcurl`` until Ctr
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -24,6 +23,7 @@ from rich.table import Table
 
 from quantmesh.decision.v1 import decision_pb2
 from quantmesh.mesh.launcher import PIPELINE, ServiceProcess, local_pipeline
+from quantmesh.runtime.config import quantmesh_home
 from quantmesh.runtime.errors import NotFound
 from quantmesh.services.decision.client import SignalSubscriber
 from quantmesh.services.registry.core import ModelRegistry
@@ -45,7 +45,7 @@ def up(
     ] = False,
 ) -> None:
     """Start the platform and replay the shipped EUR/USD year through it."""
-    home = Path(os.environ.get("QUANTMESH_HOME") or "var")
+    home = quantmesh_home()
     _ensure_champion(home)
     ports = None if free_ports else DEFAULT_PORTS
     with ExitStack() as stack:

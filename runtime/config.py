@@ -7,10 +7,20 @@ environment. Invalid values fail at start-up with a message naming the setting.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def quantmesh_home() -> Path:
+    """Where quantmesh keeps its embedded state: ``$QUANTMESH_HOME``, else ``./var``.
+
+    The model registry lives in ``registry/``, the execution store in ``execution/``.
+    """
+    return Path(os.environ.get("QUANTMESH_HOME") or "var")
 
 
 class ServiceSettings(BaseSettings):

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from quantmesh.runtime.config import ServiceSettings
+from quantmesh.runtime.config import ServiceSettings, quantmesh_home
 
 ENV_PREFIX = "QUANTMESH_DECISION_"
 
 
 def _default_registry() -> Path:
-    return Path(os.environ.get("QUANTMESH_HOME", "var")) / "registry"
+    return quantmesh_home() / "registry"
 
 
 class DecisionSettings(ServiceSettings):

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import sqlite3
 from collections.abc import Mapping
@@ -49,6 +48,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
 
+from quantmesh.runtime.config import quantmesh_home
 from quantmesh.runtime.errors import FailedPrecondition, NotFound
 from quantmesh.services.execution.accounts import MONEY_QUANTUM, Quote
 from quantmesh.services.execution.orders import (
@@ -284,7 +284,7 @@ class Broker(Protocol):
 
 def default_journal_path() -> Path:
     """``$QUANTMESH_HOME/execution/paper_broker.sqlite3`` (``QUANTMESH_HOME``: ``./var``)."""
-    return Path(os.environ.get("QUANTMESH_HOME") or "var") / "execution" / "paper_broker.sqlite3"
+    return quantmesh_home() / "execution" / "paper_broker.sqlite3"
 
 
 _SCHEMA = """

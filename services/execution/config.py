@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from decimal import Decimal
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from quantmesh.runtime.config import ServiceSettings
+from quantmesh.runtime.config import ServiceSettings, quantmesh_home
 
 ENV_PREFIX = "QUANTMESH_EXECUTION_"
 
 
 def _default_folder() -> Path:
-    return Path(os.environ.get("QUANTMESH_HOME") or "var") / "execution"
+    return quantmesh_home() / "execution"
 
 
 class ExecutionSettings(ServiceSettings):

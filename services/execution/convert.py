@@ -20,15 +20,19 @@ def lots_from_proto(lots: common_pb2.Lots) -> Decimal:
     return Decimal(lots.units) + Decimal(lots.nanos) * _NANO
 
 
+def _units_nanos(amount: Decimal) -> tuple[int, int]:
+    # Lots and Money share the google.type.Money layout: whole units plus billionths.
+    units = int(amount)
+    return units, int(((amount - units) / _NANO).to_integral_value(ROUND_HALF_EVEN))
+
+
 def lots_to_proto(volume: Decimal) -> common_pb2.Lots:
-    units = int(volume)
-    nanos = int(((volume - units) / _NANO).to_integral_value(ROUND_HALF_EVEN))
+    units, nanos = _units_nanos(volume)
     return common_pb2.Lots(units=units, nanos=nanos)
 
 
 def money_to_proto(amount: Decimal, currency: str) -> common_pb2.Money:
-    units = int(amount)
-    nanos = int(((amount - units) / _NANO).to_integral_value(ROUND_HALF_EVEN))
+    units, nanos = _units_nanos(amount)
     return common_pb2.Money(currency=currency, units=units, nanos=nanos)
 
 

@@ -24,7 +24,6 @@ all. Money and lots are stored as decimal text, never REAL. Nothing here imports
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from quantmesh.runtime.config import quantmesh_home
 from quantmesh.services.execution.accounts import Fill, Leg, Position, Quote
 from quantmesh.services.execution.orders import (
     ORDER_STATE_TABLE,
@@ -175,7 +175,7 @@ _FILL_COLUMNS = (
 
 def default_store_path() -> Path:
     """``$QUANTMESH_HOME/execution/execution.sqlite3``; ``QUANTMESH_HOME`` defaults to ``./var``."""
-    return Path(os.environ.get("QUANTMESH_HOME") or "var") / "execution" / "execution.sqlite3"
+    return quantmesh_home() / "execution" / "execution.sqlite3"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from quantmesh.runtime.config import ServiceSettings
+from quantmesh.runtime.config import ServiceSettings, quantmesh_home
 
 ENV_PREFIX = "QUANTMESH_INFERENCE_"
 
 
 def default_registry_root() -> Path:
     """``$QUANTMESH_HOME/registry``, with ``QUANTMESH_HOME`` defaulting to ``./var``."""
-    return Path(os.environ.get("QUANTMESH_HOME", "./var")) / "registry"
+    return quantmesh_home() / "registry"
 
 
 class InferenceSettings(ServiceSettings):
