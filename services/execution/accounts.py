@@ -214,6 +214,8 @@ class AccountState:
 
     ``realized_pnl`` and ``commission`` are lifetime totals; ``realized_pnl_today`` is
     net of commission, since 00:00 UTC of the engine's current time.
+    ``start_of_day_equity`` is the equity when that day's first tick arrived (the daily
+    loss limit's base) and ``market_time_ms`` the engine's clock.
     """
 
     account_id: str
@@ -231,6 +233,8 @@ class AccountState:
     leverage: int
     realized_pnl_today: Decimal
     open_positions: int
+    start_of_day_equity: Decimal = ZERO
+    market_time_ms: int = 0
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from quantmesh.runtime.config import ServiceSettings, quantmesh_home
+from quantmesh.services.execution.clock import ClockMode
 
 ENV_PREFIX = "QUANTMESH_EXECUTION_"
 
@@ -30,6 +31,10 @@ class ExecutionSettings(ServiceSettings):
         The paper account.
     tick_speed:
         Replay speed asked of market data: 0 as fast as possible, 1.0 real time.
+    clock:
+        ``free`` lets ticks act as they arrive (live trading); ``pipeline`` holds them
+        at the market time risk grants, so a replay fills the same at any speed (see
+        :mod:`quantmesh.services.execution.clock`). ``quantmesh up`` uses ``pipeline``.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
@@ -42,3 +47,4 @@ class ExecutionSettings(ServiceSettings):
     starting_balance: Decimal = Field(default=Decimal("10000"), gt=0)
     tick_batch_size: int = Field(default=1_000, ge=1, le=100_000)
     tick_speed: float = Field(default=0.0, ge=0.0)
+    clock: ClockMode = ClockMode.FREE

@@ -103,6 +103,8 @@ def order_request_from_proto(
         signal_id=order.signal_id,
         traceparent=order.trace.traceparent,
         tracestate=order.trace.tracestate,
+        model_name=order.model_name,
+        model_version=order.model_version,
     )
 
 
@@ -122,6 +124,8 @@ def order_to_proto(order: Order, digits: int, currency: str) -> execution_pb2.Or
         deviation_points=order.deviation_points,
         position_id=order.position_id,
         signal_id=order.signal_id,
+        model_name=order.model_name,
+        model_version=order.model_version,
         order_id=order.order_id,
         state=int(order.state),  # type: ignore[arg-type]
         filled_volume=lots_to_proto(order.filled_volume),
@@ -171,6 +175,8 @@ def account_to_proto(account: AccountState) -> execution_pb2.Account:
         leverage=account.leverage,
         realized_pnl_today=money_to_proto(account.realized_pnl_today, currency),
         open_positions=account.open_positions,
+        start_of_day_equity=money_to_proto(account.start_of_day_equity, currency),
+        market_time_ms=account.market_time_ms,
     )
 
 
@@ -197,6 +203,8 @@ def report_to_proto(
         broker_deal_id=report.broker_deal_id,
         position_id=report.position_id,
         signal_id=report.signal_id,
+        model_name=report.model_name,
+        model_version=report.model_version,
         time_ms=report.time_ms,
     )
     message.trace.traceparent = report.traceparent

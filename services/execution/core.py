@@ -178,6 +178,11 @@ class ExecutionEngine:
         )
         self._quotes: dict[str, Quote] = store.quotes()
         self._market_ms = max((q.time_ms for q in self._quotes.values()), default=0)
+        # Ticks after the last stored quote may have acted on nothing (else a commit would
+        # have stored them), so a restarted feed resumes there and changes nothing twice.
+        self.resume_tick_seq = max((q.seq + 1 for q in self._quotes.values()), default=0)
+        self._day = self._market_ms // DAY_MS if self._quotes else -1  # first tick opens a day
+        self._day_start_equity = store.day_start_equity(account_id, self._day)
 
     # --- state ----------------------------------------------------------------------
 
@@ -379,11 +384,18 @@ class ExecutionEngine:
             day_start = self.now_ms // DAY_MS * DAY_MS
             today = self.store.fills(self.account_id, since_ms=day_start)
             realized_today = sum((f.realized_pnl - f.commission for f in today), Decimal(0))
-            return self._book.state(
+            state = self._book.state(
                 self._quotes,
                 broker=self.broker.name,
                 leverage=self.leverage,
                 realized_today=realized_today,
+            )
+            # Before the first tick of a day is recorded, the day starts at today's equity.
+            day_start = self._day_start_equity
+            return dataclasses.replace(
+                state,
+                start_of_day_equity=state.equity if day_start is None else day_start,
+                market_time_ms=self._market_ms,
             )
 
     def reports_since(self, from_seq: int = 0, limit: int = 1000) -> list[ExecutionReport]:
@@ -569,11 +581,21 @@ class ExecutionEngine:
             if name not in self.symbols:
                 continue
             quote = Quote(name, int(bids[i]), int(asks[i]), int(times[i]), columns.seq + i)
+            if quote.time_ms // DAY_MS != self._day:
+                self._begin_day(quote.time_ms // DAY_MS)
             self._quotes[name] = quote
             self._market_ms = max(self._market_ms, quote.time_ms)
             self.broker.on_tick(quote)
             if self.broker.last_event_seq > self._cursor:
                 reports += self._drain()
+
+    def _begin_day(self, day: int) -> None:
+        # Equity at the last quotes of the previous day: the daily loss limit's base. A
+        # restart re-feeding the day's first ticks finds the record and keeps it.
+        equity = self._book.balance + self._book.unrealized(self._quotes)
+        self.store.save_day_start(self.account_id, day, equity)
+        self._day = day
+        self._day_start_equity = self.store.day_start_equity(self.account_id, day)
 
     def _drain(self) -> list[ExecutionReport]:
         """Apply the broker's journal after the cursor, in one transaction."""

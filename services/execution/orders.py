@@ -192,6 +192,8 @@ class OrderRequest:
         Empty means the engine's account.
     signal_id, traceparent, tracestate:
         Provenance, stored and reported; trace fields are ignored by duplicate checks.
+    model_name, model_version:
+        The model behind the signal, so analytics can credit each version's trades.
     """
 
     idempotency_key: str
@@ -210,6 +212,8 @@ class OrderRequest:
     signal_id: str = ""
     traceparent: str = ""
     tracestate: str = ""
+    model_name: str = ""
+    model_version: str = ""
 
 
 # Fields that make two requests "the same order" for idempotency. Trace context is left
@@ -264,6 +268,8 @@ class Order:
     commission: Decimal = ZERO
     reject_reason: str = ""
     broker_order_id: str = ""
+    model_name: str = ""
+    model_version: str = ""
 
     @property
     def remaining_volume(self) -> Decimal:
@@ -304,6 +310,8 @@ def new_order(
         signal_id=request.signal_id,
         traceparent=request.traceparent,
         tracestate=request.tracestate,
+        model_name=request.model_name,
+        model_version=request.model_version,
         origin=origin,
         state=OrderState.NEW,
         created_time_ms=time_ms,

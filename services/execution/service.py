@@ -9,6 +9,7 @@ import grpc
 from quantmesh.execution.v1 import execution_pb2_grpc
 from quantmesh.runtime.server import ServiceRuntime
 from quantmesh.services.execution.broker import PaperBroker
+from quantmesh.services.execution.clock import MarketClock
 from quantmesh.services.execution.config import ExecutionSettings
 from quantmesh.services.execution.core import ExecutionEngine
 from quantmesh.services.execution.servicer import (
@@ -39,16 +40,18 @@ def build_runtime(settings: ExecutionSettings) -> ServiceRuntime:
     )
     # Reconcile with the broker before trading again: nothing sent twice, nothing lost.
     engine.recover()
+    clock = MarketClock(settings.clock)
 
     def register(server: grpc.aio.Server, shutdown: asyncio.Event) -> None:
         execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
-            ExecutionServicer(engine, PAPER_SYMBOLS, signal.changed, shutdown), server
+            ExecutionServicer(engine, PAPER_SYMBOLS, signal.changed, shutdown, clock), server
         )
 
     async def feed(shutdown: asyncio.Event) -> None:
         signal.attach(asyncio.get_running_loop())
         await tick_feed(
             engine,
+            clock,
             settings.marketdata_address,
             list(PAPER_SYMBOLS),
             settings.tick_batch_size,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import numpy as np
 
 from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
@@ -21,12 +22,13 @@ from quantmesh.runtime.errors import InvalidArgument, NotFound, abort_on_domain_
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
 from quantmesh.services.execution import convert
+from quantmesh.services.execution.clock import ClockMode, MarketClock
 from quantmesh.services.execution.core import ExecutionEngine
 from quantmesh.services.execution.orders import OrderState
 from quantmesh.services.execution.store import ExecutionReport
 from quantmesh.services.marketdata.client import TickSubscriber
 from quantmesh.services.marketdata.convert import tick_columns_from_proto
-from quantmesh.services.marketdata.sources import Symbol
+from quantmesh.services.marketdata.sources import Symbol, TickColumns
 
 SERVICE_NAME = execution_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name
 DEFAULT_REPORT_BATCH = 100
@@ -57,8 +59,10 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         symbols: dict[str, Symbol],
         reports_changed: asyncio.Condition,
         shutdown: asyncio.Event,
+        clock: MarketClock | None = None,
     ) -> None:
         self._engine = engine
+        self._clock = clock or MarketClock(ClockMode.FREE)
         self._symbols = symbols
         self._changed = reports_changed
         self._shutdown = shutdown
@@ -149,6 +153,23 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             account = await asyncio.to_thread(self._engine.account)
         return execution_pb2.GetAccountResponse(account=convert.account_to_proto(account))
 
+    async def AdvanceMarketTime(
+        self, request: execution_pb2.AdvanceMarketTimeRequest, context: Context
+    ) -> execution_pb2.AdvanceMarketTimeResponse:
+        async with abort_on_domain_error(context):
+            if request.time_ms < 0:
+                raise InvalidArgument(f"time_ms must not be negative, got {request.time_ms}")
+            await self._clock.grant(request.time_ms)
+            if request.wait:
+                await self._clock.wait_through(request.time_ms)
+        clock = self._clock
+        return execution_pb2.AdvanceMarketTimeResponse(
+            granted_time_ms=clock.granted_ms,
+            market_time_ms=clock.market_ms,
+            ticks_processed=clock.ticks_processed,
+            feed_ended=clock.feed_ended,
+        )
+
     async def StreamExecutionReports(
         self,
         request_iterator: AsyncIterator[execution_pb2.StreamExecutionReportsRequest],
@@ -198,18 +219,19 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
 
 async def tick_feed(
     engine: ExecutionEngine,
+    clock: MarketClock,
     marketdata_address: str,
     symbols: Sequence[str],
     batch_size: int,
     speed: float,
     shutdown: asyncio.Event,
 ) -> None:
-    """Feed market data's ticks of ``symbols`` to the engine until shutdown.
+    """Feed market data's ticks of ``symbols`` to the engine, as far as ``clock`` allows.
 
-    Only the symbols market data serves are subscribed; the feed reconnects and resumes
-    from the next tick after an interruption.
+    Only the symbols market data serves are subscribed. The feed starts after the last
+    tick the engine stored and resumes from the next tick after an interruption.
     """
-    from_seq = 0
+    from_seq = engine.resume_tick_seq
     while not shutdown.is_set():
         try:
             async with grpc.aio.insecure_channel(marketdata_address) as channel:
@@ -221,12 +243,34 @@ async def tick_feed(
                 )
                 async for batch in subscriber.batches():
                     columns = tick_columns_from_proto(batch)
-                    await asyncio.to_thread(engine.on_ticks, columns, list(batch.symbols))
+                    await _feed_as_granted(engine, clock, columns, list(batch.symbols))
                     from_seq = subscriber.next_seq
+                await clock.ended()
+                _log.info("tick feed ended", ticks=clock.ticks_processed, next_seq=from_seq)
                 return  # a finite replay has ended
         except grpc.aio.AioRpcError as error:
             _log.warning("tick feed interrupted", status=error.code().name, resume_from=from_seq)
             await asyncio.sleep(1.0)
+
+
+async def _feed_as_granted(
+    engine: ExecutionEngine, clock: MarketClock, columns: TickColumns, symbols: list[str]
+) -> None:
+    times = columns.time_msc
+    start = 0
+    while start < len(columns):
+        stop = int(np.searchsorted(times, clock.granted_ms, side="right"))
+        if stop <= start:
+            # The next tick is later than the grant: everything up to the grant has acted.
+            await clock.processed(ticks=0, through_ms=clock.granted_ms, market_ms=0)
+            await clock.wait_granted(int(times[start]))
+            continue
+        await asyncio.to_thread(engine.on_ticks, columns.rows(start, stop), symbols)
+        last = int(times[stop - 1])
+        # A whole batch is through its last ms only once a later tick shows up.
+        through = clock.granted_ms if stop < len(columns) else last - 1
+        await clock.processed(ticks=stop - start, through_ms=through, market_ms=last)
+        start = stop
 
 
 class ReportSignal:

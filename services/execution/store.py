@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from decimal import Decimal
@@ -81,6 +81,8 @@ CREATE TABLE IF NOT EXISTS orders (
   commission       TEXT    NOT NULL,
   reject_reason    TEXT    NOT NULL,
   broker_order_id  TEXT    NOT NULL,
+  model_name       TEXT    NOT NULL DEFAULT '',
+  model_version    TEXT    NOT NULL DEFAULT '',
   UNIQUE (account_id, idempotency_key)
 );
 CREATE TRIGGER IF NOT EXISTS orders_start_new BEFORE INSERT ON orders
@@ -147,6 +149,12 @@ CREATE TABLE IF NOT EXISTS quotes (
   time_ms INTEGER NOT NULL,
   seq     INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS day_starts (
+  account_id TEXT    NOT NULL,
+  day        INTEGER NOT NULL,  -- UTC day number (epoch ms // 86,400,000)
+  equity     TEXT    NOT NULL,  -- equity when the market day began
+  PRIMARY KEY (account_id, day)
+);
 CREATE TABLE IF NOT EXISTS counters (
   name  TEXT    PRIMARY KEY,
   value INTEGER NOT NULL
@@ -209,6 +217,8 @@ class ExecutionReport:
     time_ms: int
     traceparent: str
     tracestate: str
+    model_name: str = ""
+    model_version: str = ""
 
 
 def report_of(order: Order, time_ms: int, fill: Fill | None = None) -> ExecutionReport:
@@ -236,6 +246,8 @@ def report_of(order: Order, time_ms: int, fill: Fill | None = None) -> Execution
         time_ms=time_ms,
         traceparent=order.traceparent,
         tracestate=order.tracestate,
+        model_name=order.model_name,
+        model_version=order.model_version,
     )
 
 
@@ -349,6 +361,13 @@ class StoreTransaction:
         )
         return numbered
 
+    def save_day_start(self, account_id: str, day: int, equity: Decimal) -> None:
+        """Record the equity at the start of UTC day ``day`` unless already recorded."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO day_starts (account_id, day, equity) VALUES (?, ?, ?)",
+            (account_id, day, str(equity)),
+        )
+
     def save_quotes(self, quotes: Iterable[Quote]) -> None:
         """Remember the last quote of each symbol."""
         self._db.executemany(
@@ -378,6 +397,7 @@ class ExecutionStore:
         with self.transaction():
             for statement in _SCHEMA.split(";\n"):
                 self._db.execute(statement)
+            _add_missing_columns(self._db, "orders", _ADDED_ORDER_COLUMNS)
             # The table in code is the truth; the copy the trigger reads follows it.
             self._db.execute("DELETE FROM order_transitions")
             self._db.executemany(
@@ -472,6 +492,18 @@ class ExecutionStore:
         start, balance, realized, commission = (Decimal(text) for text in row[2:6])
         return AccountRecord(row[0], row[1], start, balance, realized, commission, row[6])
 
+    def day_start_equity(self, account_id: str, day: int) -> Decimal | None:
+        """Equity recorded when UTC day ``day`` began, or None if it was not recorded."""
+        row = self._db.execute(
+            "SELECT equity FROM day_starts WHERE account_id = ? AND day = ?", (account_id, day)
+        ).fetchone()
+        return None if row is None else Decimal(row[0])
+
+    def save_day_start(self, account_id: str, day: int, equity: Decimal) -> None:
+        """Record the equity at the start of ``day``; the first record of a day wins."""
+        with self.transaction() as tx:
+            tx.save_day_start(account_id, day, equity)
+
     def quotes(self) -> dict[str, Quote]:
         """Last quote of each symbol."""
         rows = self._db.execute("SELECT symbol, bid, ask, time_ms, seq FROM quotes")
@@ -494,6 +526,20 @@ class ExecutionStore:
         """Seq of the newest report, -1 when there is none."""
         (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM events").fetchone()
         return int(seq)
+
+
+# Columns added after the first release; a store created before gets them on open.
+_ADDED_ORDER_COLUMNS = {
+    "model_name": "TEXT NOT NULL DEFAULT ''",
+    "model_version": "TEXT NOT NULL DEFAULT ''",
+}
+
+
+def _add_missing_columns(db: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:
+    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    for name, spec in columns.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {spec}")
 
 
 def _sql(value: Any) -> Any:

@@ -538,3 +538,34 @@ def test_each_report_of_an_order_is_written_once_across_a_crash(tmp_path: Path) 
         ("k1", S.FILLED),
     ]
     assert dataclasses.replace(desk.engine.reports_since(4)[0], seq=0).fill_volume == Decimal("0.2")
+
+
+# --- the trading day -----------------------------------------------------------------
+
+
+def test_the_day_starts_at_the_last_equity_before_midnight_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    desk = Desk(tmp_path)
+    desk.tick(110_000)
+    desk.engine.submit(buy(volume="0.5"))
+    desk.tick(110_000)  # fills the buy
+    desk.tick(110_400)
+    before_midnight = desk.engine.account().equity
+    assert desk.engine.account().start_of_day_equity == Decimal("10000")  # the deposit
+    desk.time_ms = 86_400_000  # the next tick is on the next UTC day
+    desk.tick(109_000)
+    account = desk.engine.account()
+    assert account.start_of_day_equity == before_midnight
+    assert account.equity < account.start_of_day_equity
+    assert account.market_time_ms == 86_401_000
+    desk.store.close()
+    desk.paper.close()
+    again = Desk(tmp_path)
+    # Ticks that changed nothing were not stored: the feed resumes after the last stored
+    # quote (every tick here is seq 0) and replays the day's first tick.
+    assert again.engine.resume_tick_seq == 1
+    again.time_ms = 86_400_000
+    again.tick(109_000)
+    # The day's record is kept, not recomputed from the stale quotes of the restart.
+    assert again.engine.account().start_of_day_equity == before_midnight

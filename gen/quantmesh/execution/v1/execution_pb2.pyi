@@ -170,6 +170,8 @@ class Order(_message.Message):
     RISK_DECISION_FIELD_NUMBER: _builtins.int
     SIGNAL_ID_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     ORDER_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     FILLED_VOLUME_FIELD_NUMBER: _builtins.int
@@ -206,6 +208,10 @@ class Order(_message.Message):
     """
     signal_id: _builtins.str
     """The signal the order comes from (the decision id of the audit log)."""
+    model_name: _builtins.str
+    """Name of the model behind the signal, for per-model performance; may be empty."""
+    model_version: _builtins.str
+    """Version of that model; may be empty."""
     order_id: _builtins.str
     """Output only. Execution's id of the order."""
     state: Global___OrderState.ValueType
@@ -277,6 +283,8 @@ class Order(_message.Message):
         risk_decision: _risk_pb2.RiskDecision | None = ...,
         signal_id: _builtins.str = ...,
         trace: _common_pb2.TraceContext | None = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.str = ...,
         order_id: _builtins.str = ...,
         state: Global___OrderState.ValueType = ...,
         filled_volume: _common_pb2.Lots | None = ...,
@@ -289,7 +297,7 @@ class Order(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["average_fill_price", b"average_fill_price", "commission", b"commission", "filled_volume", b"filled_volume", "price", b"price", "risk_decision", b"risk_decision", "stop_loss", b"stop_loss", "take_profit", b"take_profit", "trace", b"trace", "volume", b"volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "average_fill_price", b"average_fill_price", "broker_order_id", b"broker_order_id", "commission", b"commission", "created_time_ms", b"created_time_ms", "deviation_points", b"deviation_points", "expire_time_ms", b"expire_time_ms", "filled_volume", b"filled_volume", "idempotency_key", b"idempotency_key", "order_id", b"order_id", "position_id", b"position_id", "price", b"price", "reject_reason", b"reject_reason", "risk_decision", b"risk_decision", "side", b"side", "signal_id", b"signal_id", "state", b"state", "stop_loss", b"stop_loss", "symbol", b"symbol", "take_profit", b"take_profit", "time_in_force", b"time_in_force", "trace", b"trace", "type", b"type", "updated_time_ms", b"updated_time_ms", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "average_fill_price", b"average_fill_price", "broker_order_id", b"broker_order_id", "commission", b"commission", "created_time_ms", b"created_time_ms", "deviation_points", b"deviation_points", "expire_time_ms", b"expire_time_ms", "filled_volume", b"filled_volume", "idempotency_key", b"idempotency_key", "model_name", b"model_name", "model_version", b"model_version", "order_id", b"order_id", "position_id", b"position_id", "price", b"price", "reject_reason", b"reject_reason", "risk_decision", b"risk_decision", "side", b"side", "signal_id", b"signal_id", "state", b"state", "stop_loss", b"stop_loss", "symbol", b"symbol", "take_profit", b"take_profit", "time_in_force", b"time_in_force", "trace", b"trace", "type", b"type", "updated_time_ms", b"updated_time_ms", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -692,6 +700,8 @@ class Account(_message.Message):
     LEVERAGE_FIELD_NUMBER: _builtins.int
     REALIZED_PNL_TODAY_FIELD_NUMBER: _builtins.int
     OPEN_POSITIONS_FIELD_NUMBER: _builtins.int
+    START_OF_DAY_EQUITY_FIELD_NUMBER: _builtins.int
+    MARKET_TIME_MS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Trading account id."""
     broker: _builtins.str
@@ -704,6 +714,10 @@ class Account(_message.Message):
     """Leverage, e.g. 100 for 1:100."""
     open_positions: _builtins.int
     """Number of open positions."""
+    market_time_ms: _builtins.int
+    """Execution's clock: the market time of the last tick processed, UTC epoch
+    milliseconds (0 before the first tick).
+    """
     @_builtins.property
     def balance(self) -> _common_pb2.Money:
         """Balance: deposits plus realized profit and loss."""
@@ -724,6 +738,10 @@ class Account(_message.Message):
     def realized_pnl_today(self) -> _common_pb2.Money:
         """Realized profit and loss since 00:00 UTC today."""
 
+    @_builtins.property
+    def start_of_day_equity(self) -> _common_pb2.Money:
+        """Equity at 00:00 UTC of the current market day: the daily loss limit's base."""
+
     def __init__(
         self,
         *,
@@ -738,10 +756,12 @@ class Account(_message.Message):
         leverage: _builtins.int = ...,
         realized_pnl_today: _common_pb2.Money | None = ...,
         open_positions: _builtins.int = ...,
+        start_of_day_equity: _common_pb2.Money | None = ...,
+        market_time_ms: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "equity", b"equity", "free_margin", b"free_margin", "margin", b"margin", "realized_pnl_today", b"realized_pnl_today"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "equity", b"equity", "free_margin", b"free_margin", "margin", b"margin", "realized_pnl_today", b"realized_pnl_today", "start_of_day_equity", b"start_of_day_equity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance", b"balance", "broker", b"broker", "currency", b"currency", "equity", b"equity", "free_margin", b"free_margin", "leverage", b"leverage", "margin", b"margin", "margin_level_bps", b"margin_level_bps", "open_positions", b"open_positions", "realized_pnl_today", b"realized_pnl_today"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance", b"balance", "broker", b"broker", "currency", b"currency", "equity", b"equity", "free_margin", b"free_margin", "leverage", b"leverage", "margin", b"margin", "margin_level_bps", b"margin_level_bps", "market_time_ms", b"market_time_ms", "open_positions", b"open_positions", "realized_pnl_today", b"realized_pnl_today", "start_of_day_equity", b"start_of_day_equity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -951,6 +971,8 @@ class ExecutionReport(_message.Message):
     SIGNAL_ID_FIELD_NUMBER: _builtins.int
     TIME_MS_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Seq of the report on the execution report stream; increasing, global to the
     execution service.
@@ -981,6 +1003,10 @@ class ExecutionReport(_message.Message):
     """Signal the order comes from (the decision id of the audit log)."""
     time_ms: _builtins.int
     """When the change happened at the broker, UTC epoch milliseconds."""
+    model_name: _builtins.str
+    """Name of the model behind the order's signal; may be empty."""
+    model_version: _builtins.str
+    """Version of that model; may be empty."""
     @_builtins.property
     def fill_volume(self) -> _common_pb2.Lots:
         """Volume filled by this report; zero when the report is no fill."""
@@ -1033,11 +1059,75 @@ class ExecutionReport(_message.Message):
         signal_id: _builtins.str = ...,
         time_ms: _builtins.int = ...,
         trace: _common_pb2.TraceContext | None = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["average_fill_price", b"average_fill_price", "commission", b"commission", "fill_price", b"fill_price", "fill_volume", b"fill_volume", "filled_volume", b"filled_volume", "remaining_volume", b"remaining_volume", "trace", b"trace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "average_fill_price", b"average_fill_price", "broker_deal_id", b"broker_deal_id", "broker_order_id", b"broker_order_id", "commission", b"commission", "fill_price", b"fill_price", "fill_volume", b"fill_volume", "filled_volume", b"filled_volume", "idempotency_key", b"idempotency_key", "order_id", b"order_id", "position_id", b"position_id", "reason", b"reason", "remaining_volume", b"remaining_volume", "report_id", b"report_id", "seq", b"seq", "side", b"side", "signal_id", b"signal_id", "state", b"state", "symbol", b"symbol", "time_ms", b"time_ms", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "average_fill_price", b"average_fill_price", "broker_deal_id", b"broker_deal_id", "broker_order_id", b"broker_order_id", "commission", b"commission", "fill_price", b"fill_price", "fill_volume", b"fill_volume", "filled_volume", b"filled_volume", "idempotency_key", b"idempotency_key", "model_name", b"model_name", "model_version", b"model_version", "order_id", b"order_id", "position_id", b"position_id", "reason", b"reason", "remaining_volume", b"remaining_volume", "report_id", b"report_id", "seq", b"seq", "side", b"side", "signal_id", b"signal_id", "state", b"state", "symbol", b"symbol", "time_ms", b"time_ms", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecutionReport: _TypeAlias = ExecutionReport  # noqa: Y015
+
+@_typing.final
+class AdvanceMarketTimeRequest(_message.Message):
+    """Request of AdvanceMarketTime."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_MS_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    time_ms: _builtins.int
+    """Market time up to which ticks may act, UTC epoch milliseconds; the largest int64
+    opens the feed for good (the end of a replay).
+    """
+    wait: _builtins.bool
+    """Return only once the tick feed has processed every tick up to `time_ms`."""
+    def __init__(
+        self,
+        *,
+        time_ms: _builtins.int = ...,
+        wait: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time_ms", b"time_ms", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvanceMarketTimeRequest: _TypeAlias = AdvanceMarketTimeRequest  # noqa: Y015
+
+@_typing.final
+class AdvanceMarketTimeResponse(_message.Message):
+    """Response of AdvanceMarketTime."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTED_TIME_MS_FIELD_NUMBER: _builtins.int
+    MARKET_TIME_MS_FIELD_NUMBER: _builtins.int
+    TICKS_PROCESSED_FIELD_NUMBER: _builtins.int
+    FEED_ENDED_FIELD_NUMBER: _builtins.int
+    granted_time_ms: _builtins.int
+    """Market time granted so far (the largest `time_ms` received)."""
+    market_time_ms: _builtins.int
+    """Market time of the last tick processed."""
+    ticks_processed: _builtins.int
+    """Ticks processed since the service started."""
+    feed_ended: _builtins.bool
+    """True once market data has no more ticks to send (a finished replay)."""
+    def __init__(
+        self,
+        *,
+        granted_time_ms: _builtins.int = ...,
+        market_time_ms: _builtins.int = ...,
+        ticks_processed: _builtins.int = ...,
+        feed_ended: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_ended", b"feed_ended", "granted_time_ms", b"granted_time_ms", "market_time_ms", b"market_time_ms", "ticks_processed", b"ticks_processed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdvanceMarketTimeResponse: _TypeAlias = AdvanceMarketTimeResponse  # noqa: Y015

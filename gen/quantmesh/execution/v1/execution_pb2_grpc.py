@@ -70,6 +70,11 @@ class ExecutionServiceStub:
                 request_serializer=quantmesh_dot_execution_dot_v1_dot_execution__pb2.StreamExecutionReportsRequest.SerializeToString,
                 response_deserializer=quantmesh_dot_execution_dot_v1_dot_execution__pb2.StreamExecutionReportsResponse.FromString,
                 _registered_method=True)
+        self.AdvanceMarketTime = channel.unary_unary(
+                '/quantmesh.execution.v1.ExecutionService/AdvanceMarketTime',
+                request_serializer=quantmesh_dot_execution_dot_v1_dot_execution__pb2.AdvanceMarketTimeRequest.SerializeToString,
+                response_deserializer=quantmesh_dot_execution_dot_v1_dot_execution__pb2.AdvanceMarketTimeResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutionServiceServicer:
@@ -149,6 +154,21 @@ class ExecutionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdvanceMarketTime(self, request, context):
+        """Replay pacing. With the `pipeline` clock (how `quantmesh up` replays history),
+        execution's tick feed holds at the latest market time granted here, so orders
+        meet the market at the moment of their signal whatever the replay speed: risk
+        grants the time of each signal before it trades on it, and the end of time when
+        the signal stream ends. Granting an earlier time than already granted changes
+        nothing. With `wait`, the call returns once every tick up to `time_ms` has acted
+        on orders and positions (or market data has no more ticks). With the `free`
+        clock (live trading), ticks are never held and only `wait` has an effect.
+        INVALID_ARGUMENT for a negative time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +206,11 @@ def add_ExecutionServiceServicer_to_server(servicer, server):
                     servicer.StreamExecutionReports,
                     request_deserializer=quantmesh_dot_execution_dot_v1_dot_execution__pb2.StreamExecutionReportsRequest.FromString,
                     response_serializer=quantmesh_dot_execution_dot_v1_dot_execution__pb2.StreamExecutionReportsResponse.SerializeToString,
+            ),
+            'AdvanceMarketTime': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvanceMarketTime,
+                    request_deserializer=quantmesh_dot_execution_dot_v1_dot_execution__pb2.AdvanceMarketTimeRequest.FromString,
+                    response_serializer=quantmesh_dot_execution_dot_v1_dot_execution__pb2.AdvanceMarketTimeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -378,6 +403,33 @@ class ExecutionService:
             '/quantmesh.execution.v1.ExecutionService/StreamExecutionReports',
             quantmesh_dot_execution_dot_v1_dot_execution__pb2.StreamExecutionReportsRequest.SerializeToString,
             quantmesh_dot_execution_dot_v1_dot_execution__pb2.StreamExecutionReportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvanceMarketTime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quantmesh.execution.v1.ExecutionService/AdvanceMarketTime',
+            quantmesh_dot_execution_dot_v1_dot_execution__pb2.AdvanceMarketTimeRequest.SerializeToString,
+            quantmesh_dot_execution_dot_v1_dot_execution__pb2.AdvanceMarketTimeResponse.FromString,
             options,
             channel_credentials,
             insecure,

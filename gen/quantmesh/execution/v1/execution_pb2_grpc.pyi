@@ -85,6 +85,17 @@ class ExecutionServiceStub:
     from. INVALID_ARGUMENT for a first message that is not `subscribe` or a second
     `subscribe`.
     """
+    AdvanceMarketTime: _grpc.UnaryUnaryMultiCallable[_execution_pb2.AdvanceMarketTimeRequest, _execution_pb2.AdvanceMarketTimeResponse]
+    """Replay pacing. With the `pipeline` clock (how `quantmesh up` replays history),
+    execution's tick feed holds at the latest market time granted here, so orders
+    meet the market at the moment of their signal whatever the replay speed: risk
+    grants the time of each signal before it trades on it, and the end of time when
+    the signal stream ends. Granting an earlier time than already granted changes
+    nothing. With `wait`, the call returns once every tick up to `time_ms` has acted
+    on orders and positions (or market data has no more ticks). With the `free`
+    clock (live trading), ticks are never held and only `wait` has an effect.
+    INVALID_ARGUMENT for a negative time.
+    """
 
 @_typing.type_check_only
 class ExecutionServiceAsyncStub(ExecutionServiceStub):
@@ -132,6 +143,17 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     fill. On shutdown it ends the stream with UNAVAILABLE naming the seq to resume
     from. INVALID_ARGUMENT for a first message that is not `subscribe` or a second
     `subscribe`.
+    """
+    AdvanceMarketTime: _aio.UnaryUnaryMultiCallable[_execution_pb2.AdvanceMarketTimeRequest, _execution_pb2.AdvanceMarketTimeResponse]  # type: ignore[assignment]
+    """Replay pacing. With the `pipeline` clock (how `quantmesh up` replays history),
+    execution's tick feed holds at the latest market time granted here, so orders
+    meet the market at the moment of their signal whatever the replay speed: risk
+    grants the time of each signal before it trades on it, and the end of time when
+    the signal stream ends. Granting an earlier time than already granted changes
+    nothing. With `wait`, the call returns once every tick up to `time_ms` has acted
+    on orders and positions (or market data has no more ticks). With the `free`
+    clock (live trading), ticks are never held and only `wait` has an effect.
+    INVALID_ARGUMENT for a negative time.
     """
 
 class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -219,6 +241,23 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         fill. On shutdown it ends the stream with UNAVAILABLE naming the seq to resume
         from. INVALID_ARGUMENT for a first message that is not `subscribe` or a second
         `subscribe`.
+        """
+
+    @_abc_1.abstractmethod
+    def AdvanceMarketTime(
+        self,
+        request: _execution_pb2.AdvanceMarketTimeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_pb2.AdvanceMarketTimeResponse, _abc.Awaitable[_execution_pb2.AdvanceMarketTimeResponse]]:
+        """Replay pacing. With the `pipeline` clock (how `quantmesh up` replays history),
+        execution's tick feed holds at the latest market time granted here, so orders
+        meet the market at the moment of their signal whatever the replay speed: risk
+        grants the time of each signal before it trades on it, and the end of time when
+        the signal stream ends. Granting an earlier time than already granted changes
+        nothing. With `wait`, the call returns once every tick up to `time_ms` has acted
+        on orders and positions (or market data has no more ticks). With the `free`
+        clock (live trading), ticks are never held and only `wait` has an effect.
+        INVALID_ARGUMENT for a negative time.
         """
 
 def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
