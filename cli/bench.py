@@ -18,13 +18,14 @@ _out = Console()
 
 
 def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
-    from quantmesh.bench import features, inference, marketdata, signal_path
+    from quantmesh.bench import features, inference, marketdata, order_path, signal_path
 
     return {
         "marketdata": marketdata.run,
         "features": features.run,
         "inference": inference.run,
         "signal_path": signal_path.run,
+        "order_path": order_path.run,
     }
 
 
@@ -66,5 +67,6 @@ def _print(result: dict[str, Any]) -> None:
             *(f"{value:,}" if isinstance(value, int) else str(value) for value in row.values())
         )
     _out.print(table)
-    if "memory" in result:
-        _out.print("memory:", result["memory"])
+    for key, value in result.items():
+        if key not in ("name", "rows"):
+            _out.print(f"{key}:", value)

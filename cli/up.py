@@ -1,82 +1,210 @@
-"""``quantmesh up``: run the platform locally on embedded defaults.
+"""``quantmesh up``: run the whole platform locally on embedded defaults.
 
-It trains a model if the registry has no champion yet, starts the signal path as real
-processes (marketdata → features → inference → decision, on the seed's ports), replays
-the shipped EUR/USD year through it with progress, prints what the platform decided,
-and keeps serving for ``quantmesh ticks``, ``buf curl`` or ``grpcurl`` until Ctrl-C.
+It trains a model if the registry has no champion yet, then starts every pipeline
+service as its own supervised process (marketdata → features → inference → decision →
+risk → execution, and analytics beside them), replays the shipped EUR/USD year
+through them and shows a live view of ticks/s, signals, orders, fills, equity and stage
+latencies. A service that crashes is restarted on the same port; its peers resume
+their streams from where they stopped. Ctrl-C stops risk first, so no order is in
+flight when execution drains; every order is already on disk.
+
+State lives under ``QUANTMESH_HOME`` (``./var``): running ``up`` again continues the
+replay where it stopped; ``--fresh`` starts a new run (the model is kept).
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
-from collections import Counter
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
 import grpc
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.live import Live
 from rich.table import Table
 
-from quantmesh.decision.v1 import decision_pb2
+from quantmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from quantmesh.cli.dashboard import Dashboard, latency_rows
+from quantmesh.common.v1 import common_pb2
+from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
 from quantmesh.mesh.launcher import PIPELINE, ServiceProcess, local_pipeline
 from quantmesh.runtime.config import quantmesh_home
 from quantmesh.runtime.errors import NotFound
-from quantmesh.services.decision.client import SignalSubscriber
 from quantmesh.services.registry.core import ModelRegistry
 
 _out = Console()
 
 # The seed's ports where it had one (DESIGN.md), so users find services where they expect.
-DEFAULT_PORTS = {"marketdata": 8001, "features": 8002, "decision": 8003, "inference": 8006}
+DEFAULT_PORTS = {
+    "marketdata": 8001,
+    "features": 8002,
+    "decision": 8003,
+    "risk": 8004,
+    "inference": 8006,
+    "execution": 8007,
+    "analytics": 8008,
+}
 MODEL_NAME = "eurusd-h1-direction"
-BARS_IN_REPLAY = 6_225
+ACCOUNT = "paper"
+# Per-run state; the registry (the trained model) is kept across runs.
+RUN_FOLDERS = ("execution", "risk", "analytics")
+# The replay is history: execution trades at each signal's moment (services/execution/clock.py).
+UP_ENV = {"QUANTMESH_EXECUTION_CLOCK": "pipeline"}
 
 
 def up(
+    until_end: Annotated[
+        bool,
+        typer.Option("--until-end", help="Finish the replay, print a summary and stop."),
+    ] = False,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Start a new run: clear orders, risk and analytics.")
+    ] = False,
     free_ports: Annotated[
-        bool, typer.Option("--free-ports", help="Use free ports instead of 8001-8006.")
+        bool, typer.Option("--free-ports", help="Use free ports instead of 8001-8008.")
     ] = False,
-    exit_when_done: Annotated[
-        bool, typer.Option("--exit-when-done", help="Stop after the replay instead of serving.")
-    ] = False,
+    view: Annotated[bool, typer.Option("--view/--no-view", help="Show the live view.")] = True,
 ) -> None:
     """Start the platform and replay the shipped EUR/USD year through it."""
     home = quantmesh_home()
     _ensure_champion(home)
+    _prepare_run(home, fresh)
     ports = None if free_ports else DEFAULT_PORTS
     with ExitStack() as stack:
-        with _out.status("starting marketdata, features, inference and decision …"):
+        with _out.status("starting " + ", ".join(PIPELINE) + " …"):
             try:
-                pipeline = local_pipeline(home, services=tuple(PIPELINE), ports=ports)
+                pipeline = local_pipeline(
+                    home, services=tuple(PIPELINE), env=UP_ENV, ports=ports, metrics=True
+                )
                 running = stack.enter_context(pipeline)
             except (RuntimeError, TimeoutError) as error:
                 _out.print(f"[red]the platform did not start: {error}[/red]")
                 raise typer.Exit(2) from None
         stack.callback(_out.print, "stopped: every service drained and exited")
-        _run(running, exit_when_done)
+        for name, process in running.items():
+            _out.print(f"[green]{name:<10}[/green] {process.address} (pid {process.pid})")
+        dashboard = Dashboard(running)
+        try:
+            finished = _supervise(dashboard, until_end, view)
+        except KeyboardInterrupt:
+            _out.print("Ctrl-C: stopping risk first, then the rest; no order is lost")
+            return
+        if finished:
+            _summary(running, dashboard, home)
 
 
-def _run(running: dict[str, ServiceProcess], exit_when_done: bool) -> None:
-    for name, process in running.items():
-        _out.print(f"[green]{name:<10}[/green] serving on {process.address} (pid {process.pid})")
-    asyncio.run(_replay(running["decision"].address))
-    if exit_when_done:
-        return
-    address = running["marketdata"].address
-    _out.print(
-        "serving until Ctrl-C; try: "
-        f"quantmesh ticks EURUSD --address {address} --limit 10, or "
-        f"buf curl --protocol grpc --http2-prior-knowledge --list-services http://{address}"
-    )
-    try:
-        while all(p.process and p.process.poll() is None for p in running.values()):
+def _prepare_run(home: Path, fresh: bool) -> None:
+    existing = [home / name for name in RUN_FOLDERS if (home / name).exists()]
+    if fresh:
+        for folder in existing:
+            shutil.rmtree(folder)
+        _out.print("a fresh run: orders, risk state and analytics cleared")
+    elif existing:
+        _out.print(f"continuing the run in {home} where it stopped (--fresh starts over)")
+
+
+def _supervise(dashboard: Dashboard, until_end: bool, view: bool) -> bool:
+    """Refresh the view and restart crashed services; True once the replay is done."""
+    with Live(dashboard.render(), console=_out, refresh_per_second=2, transient=False) as live:
+        if not view:
+            live.stop()
+        while True:
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+            dashboard.refresh()
+            for name, process in dashboard.services.items():
+                if process.exited:
+                    code = process.process.returncode if process.process else None
+                    dashboard.notes.append(f"{name} exited ({code}); restarting it")
+                    try:
+                        process.restart()
+                    except (RuntimeError, TimeoutError) as error:
+                        dashboard.notes.append(f"{name} did not come back: {error}")
+            if view:
+                live.update(dashboard.render())
+            if until_end and dashboard.finished("risk") and dashboard.finished("execution"):
+                live.update(dashboard.render())
+                return True
+
+
+def _summary(running: dict[str, ServiceProcess], dashboard: Dashboard, home: Path) -> None:
+    account, performance, report = asyncio.run(
+        _results(running["execution"].address, running["analytics"].address)
+    )
+    path = home / "report.html"
+    path.write_bytes(report.content)
+    table = Table(title="replay finished", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    start = _starting_balance()
+    rows = [
+        ("equity", f"{_money(account.equity):,.2f} {account.currency}"),
+        ("return", f"{(_money(account.equity) / start - 1) * 100:.2f} %" if start else "—"),
+        ("realized P&L (net)", f"{_money(performance.realized_pnl):,.2f}"),
+        ("unrealized P&L", f"{_money(performance.unrealized_pnl):,.2f}"),
+        ("commission", f"{_money(performance.commission):,.2f}"),
+        ("trades", f"{performance.trade_count:,}"),
+        ("win rate", f"{performance.win_rate_bps / 100:.1f} %"),
+        ("profit factor", f"{performance.profit_factor:.2f}"),
+        ("Sharpe (daily, annualized)", f"{performance.sharpe:.2f}"),
+        ("max drawdown", f"{performance.max_drawdown_bps / 100:.2f} %"),
+        ("ticks executed", f"{dashboard.ticks:,.0f}"),
+        ("elapsed", f"{time.monotonic() - dashboard.started:.1f} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    for stage, p50, p99 in latency_rows(dashboard.samples):
+        table.add_row(f"{stage} latency p50 / p99", f"{p50} / {p99} ms")
+    _out.print(table)
+    _out.print(f"report: {path} (open it in a browser; it needs no server)")
+
+
+async def _results(
+    execution_address: str, analytics_address: str
+) -> tuple[execution_pb2.Account, analytics_pb2.Performance, analytics_pb2.GenerateReportResponse]:
+    async with (
+        grpc.aio.insecure_channel(execution_address) as execution_channel,
+        grpc.aio.insecure_channel(analytics_address) as analytics_channel,
+    ):
+        execution = execution_pb2_grpc.ExecutionServiceStub(execution_channel)
+        analytics = analytics_pb2_grpc.AnalyticsServiceStub(analytics_channel)
+        account = (await execution.GetAccount(execution_pb2.GetAccountRequest())).account
+        request = analytics_pb2.GetPerformanceRequest(account_id=ACCOUNT)
+        # Analytics follows execution's report stream; wait until it has every fill.
+        deadline = time.monotonic() + 30
+        while True:
+            performance = (await analytics.GetPerformance(request)).performance
+            # Execution's balance and analytics' ledger are two computations of one truth.
+            booked = _money(performance.realized_pnl)
+            if booked == _money(account.balance) - _starting_balance():
+                break
+            if time.monotonic() > deadline:
+                _out.print("[yellow]analytics has not caught up with execution yet[/yellow]")
+                break
+            await asyncio.sleep(0.25)
+        report = await analytics.GenerateReport(
+            analytics_pb2.GenerateReportRequest(
+                account_id=ACCOUNT,
+                format=analytics_pb2.REPORT_FORMAT_HTML,
+                include_models=True,
+            )
+        )
+    return account, performance, report
+
+
+def _starting_balance() -> Decimal:
+    # The deposit execution was configured with (same settings, same environment).
+    from quantmesh.services.execution.config import ExecutionSettings
+
+    return ExecutionSettings().starting_balance
+
+
+def _money(amount: common_pb2.Money) -> Decimal:
+    return Decimal(amount.units) + Decimal(amount.nanos) / Decimal(1_000_000_000)
 
 
 def _ensure_champion(home: Path) -> None:
@@ -90,37 +218,3 @@ def _ensure_champion(home: Path) -> None:
         train(registry=home / "registry", report=home / "training.json")
         return
     _out.print(f"model {model.ref} is the champion (sha256 {model.sha256[:12]}…)")
-
-
-async def _replay(address: str) -> None:
-    counts: Counter[str] = Counter()
-    latest: list[decision_pb2.Signal] = []
-    started = time.perf_counter()
-    async with grpc.aio.insecure_channel(address) as channel:
-        subscriber = SignalSubscriber(channel, ["EURUSD"], include_hold=False)
-        with Progress(
-            TextColumn("deciding on EURUSD 2017, bar by bar"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=_out,
-        ) as progress:
-            task = progress.add_task("bars", total=BARS_IN_REPLAY)
-            async for batch in subscriber.batches():
-                for signal in batch.signals:
-                    counts[decision_pb2.Action.Name(signal.action)] += 1
-                    latest = [*latest[-4:], signal]
-                    progress.update(task, completed=signal.feature_seq + 1)
-            progress.update(task, completed=BARS_IN_REPLAY)
-    elapsed = time.perf_counter() - started
-    table = Table("time (UTC)", "action", "confidence", "reason", title="last signals")
-    for signal in latest:
-        stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(signal.time_msc / 1000))
-        action = decision_pb2.Action.Name(signal.action).removeprefix("ACTION_")
-        table.add_row(stamp, action, f"{signal.confidence:.3f}", signal.reason)
-    _out.print(table)
-    summary = ", ".join(f"{n} {a.removeprefix('ACTION_')}" for a, n in sorted(counts.items()))
-    _out.print(
-        f"decided on {BARS_IN_REPLAY:,} H1 bars in {elapsed:.1f} s: "
-        f"{summary or 'no trades'} (HOLD decisions are not streamed by default)"
-    )

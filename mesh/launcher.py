@@ -24,13 +24,18 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-# The signal path, upstream first. Each entry: service → the peers it calls.
+# The whole pipeline, each service after the peers it calls: service → those peers.
 PIPELINE: dict[str, tuple[str, ...]] = {
     "marketdata": (),
     "features": ("marketdata",),
     "inference": ("features",),
     "decision": ("marketdata", "features", "inference"),
+    "execution": ("marketdata",),
+    "risk": ("decision", "execution"),
+    "analytics": ("execution", "marketdata"),
 }
+# The signal path alone: ticks to signals, no trading.
+SIGNAL_PATH = ("marketdata", "features", "inference", "decision")
 
 
 def free_port() -> int:
@@ -50,6 +55,8 @@ class ServiceProcess:
     env: dict[str, str]
     log: IO[bytes] = field(default_factory=tempfile.TemporaryFile)
     process: subprocess.Popen[bytes] | None = None
+    metrics_port: int | None = None
+    restarts: int = 0
 
     @property
     def address(self) -> str:
@@ -69,6 +76,24 @@ class ServiceProcess:
             stderr=self.log,
         )
         self._wait_serving(timeout)
+
+    @property
+    def metrics_url(self) -> str | None:
+        """URL of the service's Prometheus metrics, if it serves them."""
+        return (
+            None if self.metrics_port is None else f"http://127.0.0.1:{self.metrics_port}/metrics"
+        )
+
+    @property
+    def exited(self) -> bool:
+        """True if the process was started and has exited (crashed, or killed from outside)."""
+        return self.process is not None and self.process.poll() is not None
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start the service again on the same ports after it exited."""
+        self.process = None
+        self.restarts += 1
+        self.start(timeout)
 
     def stop(self, kill: bool = False) -> int:
         """Stop with SIGTERM (a drain) or SIGKILL (a crash); return the exit code."""
@@ -140,14 +165,18 @@ def service_process(
 @contextmanager
 def local_pipeline(
     home: Path,
-    services: Sequence[str] = tuple(PIPELINE),
+    services: Sequence[str] = SIGNAL_PATH,
     env: Mapping[str, str] | None = None,
     ports: Mapping[str, int] | None = None,
+    metrics: bool = False,
 ) -> Iterator[dict[str, ServiceProcess]]:
-    """Run the signal path's services, each wired to its peers, for the block.
+    """Run pipeline services, each wired to its peers, for the block.
 
-    ``home`` is ``QUANTMESH_HOME``: the model registry lives under it. Ports default to
-    free ones, so a pipeline never collides with another on the same machine.
+    ``home`` is ``QUANTMESH_HOME``: the model registry and every service's embedded
+    store live under it. Ports default to free ones, so a pipeline never collides with
+    another on the same machine; with ``metrics`` each service also serves Prometheus
+    metrics on a free port. Services stop in reverse order (risk before execution, so
+    no order is in flight when execution drains).
     """
     chosen = {name: (ports or {}).get(name) or free_port() for name in services}
     address = {name: f"127.0.0.1:{port}" for name, port in chosen.items()}
@@ -161,6 +190,9 @@ def local_pipeline(
                 if peer in address
             }
             process = ServiceProcess(name, chosen[name], {**shared, **peers})
+            if metrics:
+                process.metrics_port = free_port()
+                process.env[f"QUANTMESH_{name.upper()}_METRICS_PORT"] = str(process.metrics_port)
             stack.enter_context(process.log)
             stack.callback(process.stop)
             process.start()

@@ -39,6 +39,9 @@ class ServiceSettings(BaseSettings):
         ``console`` for people, ``json`` for log pipelines.
     grace_seconds:
         How long in-flight RPCs may take to finish after SIGTERM.
+    metrics_port:
+        Port of the Prometheus ``/metrics`` endpoint on ``host``; unset serves none,
+        0 picks a free port.
     """
 
     model_config = SettingsConfigDict(env_prefix="QUANTMESH_", extra="forbid")
@@ -48,6 +51,7 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
     grace_seconds: float = Field(default=5.0, ge=0.0, le=600.0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
 
     @property
     def address(self) -> str:

@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from quantmesh.runtime.config import ServiceSettings
 from quantmesh.runtime.logging import get_logger
+from quantmesh.runtime.metrics import serve_metrics
 
 # Adds a service's servicers to the server; the event is set when the service drains.
 Registrar = Callable[[grpc.aio.Server, asyncio.Event], None]
@@ -98,6 +99,16 @@ class ServiceRuntime:
         self._server, self.port = server, port
         self._tasks = [asyncio.create_task(job(self.shutdown)) for job in self._background]
         self._log.info("serving", address=f"{self.settings.host}:{port}")
+        if self.settings.metrics_port is not None:
+            try:
+                metrics_port = serve_metrics(self.settings.host, self.settings.metrics_port)
+            except OSError as error:
+                await self.stop(grace=0)
+                raise StartupError(
+                    f"{self.name} cannot serve metrics on port {self.settings.metrics_port} "
+                    f"({error.strerror}); set QUANTMESH_{self.name.upper()}_METRICS_PORT"
+                ) from None
+            self._log.info("metrics", url=f"http://{self.settings.host}:{metrics_port}/metrics")
         return port
 
     def _bind_failure(self) -> str:

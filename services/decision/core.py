@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from quantmesh.runtime.errors import InvalidArgument
+from quantmesh.runtime.metrics import SIGNALS, timed
 from quantmesh.services.decision.policy import Action, Decision, DecisionInput, DecisionPolicy
 
 DEFAULT_BATCH_SIZE = 100
@@ -62,9 +63,12 @@ async def numbered_signals(
     """
     next_seq = 0
     async for group in inputs:
-        decisions = [policy.decide(row) for row in group]
+        with timed("decision"):
+            decisions = [policy.decide(row) for row in group]
         kept = [d for d in decisions if request.include_hold or d.action is not Action.HOLD]
         start = max(0, request.from_seq - next_seq)
+        for decision in kept[start:]:
+            SIGNALS.labels(decision.action.name).inc()
         for lo in range(start, len(kept), request.batch_size):
             chunk = tuple(kept[lo : lo + request.batch_size])
             yield NumberedSignals(next_seq + lo, chunk)

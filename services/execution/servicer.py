@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,16 @@ from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from quantmesh.runtime.errors import InvalidArgument, NotFound, abort_on_domain_error
 from quantmesh.runtime.logging import get_logger
+from quantmesh.runtime.metrics import (
+    EQUITY,
+    EXECUTION_REPORTS,
+    FILLS,
+    MARKET_TIME,
+    ORDERS,
+    REPLAY_FINISHED,
+    TICKS,
+    timed,
+)
 from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
 from quantmesh.services.execution import convert
 from quantmesh.services.execution.clock import ClockMode, MarketClock
@@ -88,7 +99,8 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             order_request = convert.order_request_from_proto(
                 request.order, self._account, self._symbols
             )
-            order, duplicate = await asyncio.to_thread(self._engine.submit, order_request)
+            with timed("execution"):
+                order, duplicate = await asyncio.to_thread(self._engine.submit, order_request)
         return execution_pb2.SubmitOrderResponse(order=self._order(order), duplicate=duplicate)
 
     async def CancelOrder(
@@ -246,11 +258,16 @@ async def tick_feed(
                     await _feed_as_granted(engine, clock, columns, list(batch.symbols))
                     from_seq = subscriber.next_seq
                 await clock.ended()
+                REPLAY_FINISHED.labels("execution").set(1)
                 _log.info("tick feed ended", ticks=clock.ticks_processed, next_seq=from_seq)
                 return  # a finite replay has ended
         except grpc.aio.AioRpcError as error:
             _log.warning("tick feed interrupted", status=error.code().name, resume_from=from_seq)
             await asyncio.sleep(1.0)
+
+
+EQUITY_REFRESH_SECONDS = 0.5
+_equity_updated = [0.0]  # monotonic time of the last equity gauge refresh
 
 
 async def _feed_as_granted(
@@ -270,7 +287,13 @@ async def _feed_as_granted(
         # A whole batch is through its last ms only once a later tick shows up.
         through = clock.granted_ms if stop < len(columns) else last - 1
         await clock.processed(ticks=stop - start, through_ms=through, market_ms=last)
+        TICKS.labels("execution").inc(stop - start)
+        MARKET_TIME.labels("execution").set(last)
         start = stop
+    if time.monotonic() - _equity_updated[0] > EQUITY_REFRESH_SECONDS:
+        _equity_updated[0] = time.monotonic()
+        account = await asyncio.to_thread(engine.account)
+        EQUITY.labels(engine.account_id).set(float(account.equity))
 
 
 class ReportSignal:
@@ -284,6 +307,12 @@ class ReportSignal:
         self._loop = loop
 
     def __call__(self, reports: Sequence[ExecutionReport]) -> None:
+        for report in reports:
+            EXECUTION_REPORTS.labels(report.state.name).inc()
+            if report.state is OrderState.NEW:
+                ORDERS.labels(report.account_id).inc()
+            if report.fill_volume:
+                FILLS.labels(report.symbol).inc()
         if self._loop is not None and not self._loop.is_closed():
             asyncio.run_coroutine_threadsafe(self._notify(), self._loop)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from quantmesh.runtime.errors import InvalidArgument, NotFound, OutOfRange
+from quantmesh.runtime.metrics import TICKS, timed
 from quantmesh.services.features.engine import FeatureEngine
 from quantmesh.services.features.schema import FEATURE_NAMES, FeatureRows
 from quantmesh.services.marketdata.sources import Symbol, TickColumns
@@ -102,7 +103,9 @@ async def numbered_rows(
     engine = FeatureEngine(plan.symbols)
     next_seq = 0
     async for columns in ticks:
-        rows = engine.on_ticks(columns)
+        with timed("features"):
+            rows = engine.on_ticks(columns)
+        TICKS.labels("features").inc(len(columns))
         for part in _batches(rows, next_seq, plan):
             yield part
         next_seq += len(rows)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantmesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from quantmesh.runtime.metrics import timed
 from quantmesh.services.inference.cache import feature_digests
 from quantmesh.services.inference.core import LoadedModel, ModelServer, classify
 
@@ -200,6 +201,10 @@ class StreamPredictor:
 
     def __call__(self, pending: PendingBatch) -> PredictionColumns:
         """The prediction rows of a pending batch, ``M`` per feature row."""
+        with timed("inference"):
+            return self._predict(pending)
+
+    def _predict(self, pending: PendingBatch) -> PredictionColumns:
         batch = pending.features
         models = [self._server.model(name) for name in self._names]
         m, rows = len(models), len(batch)
