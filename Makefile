@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-## Run the platform on embedded defaults (Ctrl-C to stop).
+## Run the platform on embedded defaults: replay the shipped year, print a summary.
 up: setup
-	$(BIN)/quantmesh up
+	$(BIN)/quantmesh up --until-end
 
 ## Everything CI checks: contracts, lint, types, then the test suite.
 test: check pytest

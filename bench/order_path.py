@@ -22,6 +22,7 @@ of every service's peak RSS, compared between the two replays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 import uuid
@@ -34,8 +35,9 @@ import numpy as np
 from quantmesh.bench.harness import percentiles_us
 from quantmesh.bench.signal_path import _SendLog
 from quantmesh.cli.dashboard import Dashboard, latency_rows
-from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
+from quantmesh.execution.v1 import execution_pb2
 from quantmesh.mesh.launcher import PIPELINE, local_pipeline
+from quantmesh.services.execution.client import ExecutionReportSubscriber
 from quantmesh.services.features.engine import FeatureEngine
 from quantmesh.services.features.schema import FeatureRows
 from quantmesh.services.inference.testing import (
@@ -82,22 +84,20 @@ def signal_time_ms(signal_id: str) -> int | None:
 async def _acknowledgements(address: str, count: int) -> list[tuple[str, int]]:
     """(idempotency key, arrival ns) of the first ``count`` ACCEPTED reports."""
     acks: list[tuple[str, int]] = []
-    deadline = time.monotonic() + MAX_WALL_SECONDS
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = execution_pb2_grpc.ExecutionServiceStub(channel)
-        call = stub.StreamExecutionReports()
-        subscribe = execution_pb2.Subscription(from_seq=0, initial_credit=1_000, batch_size=1)
-        await call.write(execution_pb2.StreamExecutionReportsRequest(subscribe=subscribe))
-        while len(acks) < count and time.monotonic() < deadline:
-            try:
-                response = await asyncio.wait_for(call.read(), timeout=5)
-            except TimeoutError:
-                continue
-            now = time.monotonic_ns()
-            for report in response.batch.reports:
-                if report.state == execution_pb2.ORDER_STATE_ACCEPTED:
-                    acks.append((report.idempotency_key, now))
-        call.cancel()
+
+    async def follow() -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            subscriber = ExecutionReportSubscriber(channel, batch_size=1)
+            async for batch in subscriber.batches():
+                now = time.monotonic_ns()
+                for report in batch.reports:
+                    if report.state == execution_pb2.ORDER_STATE_ACCEPTED:
+                        acks.append((report.idempotency_key, now))
+                if len(acks) >= count:
+                    return
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(follow(), timeout=MAX_WALL_SECONDS)
     return acks
 
 
@@ -107,12 +107,16 @@ async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
     untimed = build_runtime(MarketDataSettings(port=0))
     timed_port, untimed_port = await timed.start(), await untimed.start()
     try:
-        env = ENV | QUIET | {
-            "QUANTMESH_FEATURES_MARKETDATA_ADDRESS": f"127.0.0.1:{timed_port}",
-            "QUANTMESH_FEATURES_TICK_SPEED": str(SPEED),
-            "QUANTMESH_DECISION_MARKETDATA_ADDRESS": f"127.0.0.1:{timed_port}",
-            "QUANTMESH_EXECUTION_MARKETDATA_ADDRESS": f"127.0.0.1:{untimed_port}",
-        }
+        env = (
+            ENV
+            | QUIET
+            | {
+                "QUANTMESH_FEATURES_MARKETDATA_ADDRESS": f"127.0.0.1:{timed_port}",
+                "QUANTMESH_FEATURES_TICK_SPEED": str(SPEED),
+                "QUANTMESH_DECISION_MARKETDATA_ADDRESS": f"127.0.0.1:{timed_port}",
+                "QUANTMESH_EXECUTION_MARKETDATA_ADDRESS": f"127.0.0.1:{untimed_port}",
+            }
+        )
         services = ("features", "inference", "decision", "execution", "risk")
         with local_pipeline(home, services=services, env=env, metrics=True) as running:
             acks = await _acknowledgements(running["execution"].address, ORDERS + WARMUP_ORDERS)
@@ -172,9 +176,7 @@ def run() -> dict[str, Any]:
     row = {"path": "tick → order acknowledged (6 services)", "orders": len(latencies)}
     row |= percentiles_us(latencies)
     row |= {f"target_{key}": value for key, value in TARGET.items()}
-    throughput = [
-        {k: v for k, v in replay.items() if k != "peak_rss_mb"} for replay in replays
-    ]
+    throughput = [{k: v for k, v in replay.items() if k != "peak_rss_mb"} for replay in replays]
     return {
         "name": "order_path",
         "rows": [row],

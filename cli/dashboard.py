@@ -102,6 +102,18 @@ class Dashboard:
     def finished(self, service: str) -> bool:
         return total(self.samples, "quantmesh_replay_finished", service=service) >= 1
 
+    def progress_line(self) -> str:
+        """One line of progress, for logs and terminals without the live view."""
+        s = self.samples
+        market_ms = total(s, "quantmesh_market_time_ms", service="execution")
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(market_ms / 1000)) if market_ms else "—"
+        return (
+            f"market {stamp}  ticks {self.ticks:,.0f} ({self.ticks_per_second:,.0f}/s)  "
+            f"orders {total(s, 'quantmesh_orders_total'):,.0f}  "
+            f"fills {total(s, 'quantmesh_fills_total'):,.0f}  "
+            f"equity {total(s, 'quantmesh_account_equity'):,.2f}"
+        )
+
     def render(self) -> Table:
         s = self.samples
         table = Table(title="quantmesh up", title_justify="left", show_header=False, box=None)

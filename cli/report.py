@@ -45,6 +45,15 @@ def report(
     title: Annotated[str, typer.Option(help="Title of the page.")] = (
         "quantmesh performance report"
     ),
+    from_service: Annotated[
+        str | None,
+        typer.Option(
+            "--from-service",
+            metavar="ADDRESS",
+            help="Ask a running analytics service (host:port) for the report of the "
+            "account it records, instead of reading a run.",
+        ),
+    ] = None,
 ) -> None:
     """Write an HTML report: equity, drawdown, trades on price, metrics overall and per model.
 
@@ -52,15 +61,24 @@ def report(
     or a network connection.
     """
     started = time.perf_counter()
+    if demo + (run_file is not None) + (from_service is not None) != 1:
+        _err.print("[red]give one of a run file, --demo or --from-service[/red]")
+        raise typer.Exit(2)
+    if from_service is not None:
+        if save_run is not None:
+            _err.print("[red]--save-run needs a run: the service keeps its fills itself[/red]")
+            raise typer.Exit(2)
+        content = _report_from_service(from_service)
+        _write(output, content)
+        elapsed = time.perf_counter() - started
+        _out.print(f"wrote {output} ({len(content) / 1024:,.0f} KB) in {elapsed:.1f} s")
+        return
     # Imported here so that the rest of the CLI does not pay for numpy-heavy modules.
     from quantmesh.services.analytics.performance import analyse
     from quantmesh.services.analytics.report import render_report
     from quantmesh.services.analytics.runs import demo_run, load_run
     from quantmesh.services.analytics.runs import save_run as write_run
 
-    if demo == (run_file is not None):
-        _err.print("[red]give either a run file or --demo (not both)[/red]")
-        raise typer.Exit(2)
     try:
         run = demo_run() if run_file is None else load_run(run_file)
         analysis = analyse(run)
@@ -83,6 +101,36 @@ def report(
     _print_summary(analysis)
     elapsed = time.perf_counter() - started
     _out.print(f"wrote {output} ({len(page.encode()) / 1024:,.0f} KB) in {elapsed:.1f} s")
+
+
+def _report_from_service(address: str) -> bytes:
+    """The HTML report of everything the analytics service at ``address`` recorded."""
+    import grpc
+
+    from quantmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+
+    request = analytics_pb2.GenerateReportRequest(
+        format=analytics_pb2.REPORT_FORMAT_HTML, include_models=True
+    )
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+            response = stub.GenerateReport(request, timeout=120)
+    except grpc.RpcError as error:
+        code, details = error.code(), error.details()
+        _err.print(f"[red]cannot report from {address}: {code.name}: {details}[/red]")
+        raise typer.Exit(1) from None
+    content: bytes = response.content
+    return content
+
+
+def _write(output: Path, content: bytes) -> None:
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(content)
+    except OSError as error:
+        _err.print(f"[red]cannot write: {error}[/red]")
+        raise typer.Exit(1) from None
 
 
 def _print_summary(analysis: Analysis) -> None:

@@ -184,3 +184,59 @@ def execution(
         marketdata_address=marketdata_address,
         log_format=log_format,
     )
+
+
+@app.command("analytics")
+def analytics(
+    host: HostOption = None,
+    port: PortOption = None,
+    execution_address: Annotated[
+        str | None, typer.Option(help="host:port of the execution service (fills).")
+    ] = None,
+    marketdata_address: Annotated[
+        str | None, typer.Option(help="host:port of the market data service (marks).")
+    ] = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Serve equity, performance and reports from execution's fills (default port 8008)."""
+    from quantmesh.services.analytics.config import ENV_PREFIX, AnalyticsSettings
+    from quantmesh.services.analytics.service import build_runtime
+
+    _serve(
+        AnalyticsSettings,
+        ENV_PREFIX,
+        build_runtime,
+        host=host,
+        port=port,
+        execution_address=execution_address,
+        marketdata_address=marketdata_address,
+        log_format=log_format,
+    )
+
+
+@app.command("risk")
+def risk(
+    host: HostOption = None,
+    port: PortOption = None,
+    decision_address: Annotated[
+        str | None, typer.Option(help="host:port of the decision service (signals).")
+    ] = None,
+    execution_address: Annotated[
+        str | None, typer.Option(help="host:port of the execution service (orders).")
+    ] = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Serve limits and kill switches and trade approved signals (default port 8004)."""
+    from quantmesh.services.risk.config import ENV_PREFIX, RiskSettings
+    from quantmesh.services.risk.service import build_runtime
+
+    _serve(
+        RiskSettings,
+        ENV_PREFIX,
+        build_runtime,
+        host=host,
+        port=port,
+        decision_address=decision_address,
+        execution_address=execution_address,
+        log_format=log_format,
+    )

@@ -15,8 +15,10 @@ replay where it stopped; ``--fresh`` starts a new run (the model is kept).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
@@ -55,6 +57,7 @@ ACCOUNT = "paper"
 RUN_FOLDERS = ("execution", "risk", "analytics")
 # The replay is history: execution trades at each signal's moment (services/execution/clock.py).
 UP_ENV = {"QUANTMESH_EXECUTION_CLOCK": "pipeline"}
+PROGRESS_SECONDS = 5.0  # a progress line this often without the live view
 
 
 def up(
@@ -90,12 +93,9 @@ def up(
             _out.print(f"[green]{name:<10}[/green] {process.address} (pid {process.pid})")
         dashboard = Dashboard(running)
         try:
-            finished = _supervise(dashboard, until_end, view)
+            _supervise(dashboard, until_end, view, lambda: _summary(running, dashboard, home))
         except KeyboardInterrupt:
-            _out.print("Ctrl-C: stopping risk first, then the rest; no order is lost")
-            return
-        if finished:
-            _summary(running, dashboard, home)
+            _out.print("Ctrl-C: stopping risk first, then the rest; every order is on disk")
 
 
 def _prepare_run(home: Path, fresh: bool) -> None:
@@ -108,11 +108,15 @@ def _prepare_run(home: Path, fresh: bool) -> None:
         _out.print(f"continuing the run in {home} where it stopped (--fresh starts over)")
 
 
-def _supervise(dashboard: Dashboard, until_end: bool, view: bool) -> bool:
-    """Refresh the view and restart crashed services; True once the replay is done."""
-    with Live(dashboard.render(), console=_out, refresh_per_second=2, transient=False) as live:
-        if not view:
-            live.stop()
+def _supervise(
+    dashboard: Dashboard, until_end: bool, view: bool, on_done: Callable[[], None]
+) -> None:
+    """Refresh the view and restart crashed services until Ctrl-C, or until the replay
+    ends with ``until_end``; ``on_done`` runs once when the replay has finished."""
+    live = Live(dashboard.render(), console=_out, refresh_per_second=2) if view else None
+    done = False
+    last_line = time.monotonic()
+    with live or contextlib.nullcontext():
         while True:
             time.sleep(0.5)
             dashboard.refresh()
@@ -124,11 +128,21 @@ def _supervise(dashboard: Dashboard, until_end: bool, view: bool) -> bool:
                         process.restart()
                     except (RuntimeError, TimeoutError) as error:
                         dashboard.notes.append(f"{name} did not come back: {error}")
-            if view:
+            if live is not None:
                 live.update(dashboard.render())
-            if until_end and dashboard.finished("risk") and dashboard.finished("execution"):
-                live.update(dashboard.render())
-                return True
+            elif time.monotonic() - last_line > PROGRESS_SECONDS:
+                last_line = time.monotonic()
+                _out.print(dashboard.progress_line())
+            if not done and dashboard.finished("risk") and dashboard.finished("execution"):
+                done = True
+                if live is not None:
+                    live.stop()
+                on_done()
+                if until_end:
+                    return
+                _out.print("serving until Ctrl-C: try quantmesh report, grpcurl or buf curl")
+                if live is not None:
+                    live.start()
 
 
 def _summary(running: dict[str, ServiceProcess], dashboard: Dashboard, home: Path) -> None:

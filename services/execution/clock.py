@@ -46,10 +46,15 @@ class MarketClock:
             self.granted_ms = time_ms
             await self._notify()
 
-    async def wait_granted(self, time_ms: int) -> int:
-        """Wait until ``time_ms`` is granted or the grant moves; return the grant."""
+    async def wait_grant_beyond(self, time_ms: int) -> int:
+        """Wait until more than ``time_ms`` is granted; return the new grant.
+
+        The held feed wakes on every new grant, even one short of its next tick: it must
+        then report that it is through the new grant, or a caller waiting for it would
+        wait forever (a grant inside a weekend's gap, say).
+        """
         async with self._changed:
-            await self._changed.wait_for(lambda: self.granted_ms >= time_ms)
+            await self._changed.wait_for(lambda: self.granted_ms > time_ms)
         return self.granted_ms
 
     async def processed(self, *, ticks: int, through_ms: int, market_ms: int) -> None:

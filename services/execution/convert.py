@@ -105,6 +105,8 @@ def order_request_from_proto(
         tracestate=order.trace.tracestate,
         model_name=order.model_name,
         model_version=order.model_version,
+        # Deterministic bytes: a retry with the same decision compares equal in the store.
+        risk_decision=decision.SerializeToString(deterministic=True),
     )
 
 
@@ -138,6 +140,8 @@ def order_to_proto(order: Order, digits: int, currency: str) -> execution_pb2.Or
     )
     message.trace.traceparent = order.traceparent
     message.trace.tracestate = order.tracestate
+    if order.risk_decision:
+        message.risk_decision.ParseFromString(order.risk_decision)
     return message
 
 

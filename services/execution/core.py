@@ -239,6 +239,7 @@ class ExecutionEngine:
             with self.store.transaction() as tx:
                 order_id = f"O{tx.next_id('order')}"
                 order = new_order(normalized, order_id, self.account_id, self.now_ms, Origin.CLIENT)
+                order = dataclasses.replace(order, reference_price=self._reference(order))
                 tx.insert_order(order)
                 reports = [tx.append_report(report_of(order, order.created_time_ms))]
             self._notify(reports)
@@ -391,12 +392,17 @@ class ExecutionEngine:
                 realized_today=realized_today,
             )
             # Before the first tick of a day is recorded, the day starts at today's equity.
-            day_start = self._day_start_equity
+            opening_equity = self._day_start_equity
             return dataclasses.replace(
                 state,
-                start_of_day_equity=state.equity if day_start is None else day_start,
+                start_of_day_equity=state.equity if opening_equity is None else opening_equity,
                 market_time_ms=self._market_ms,
             )
+
+    def snapshot(self) -> tuple[AccountState, list[PositionView]]:
+        """The account and its open positions, read together (no tick in between)."""
+        with self._lock:
+            return self.account(), self.positions()
 
     def reports_since(self, from_seq: int = 0, limit: int = 1000) -> list[ExecutionReport]:
         """Execution reports with ``seq >= from_seq``, oldest first (seqs start at 0)."""
@@ -538,11 +544,18 @@ class ExecutionEngine:
         if request.stop_loss is not None or request.take_profit is not None:
             raise InvalidArgument("a closing order takes no stop loss or take profit")
 
-    def _send(self, order: Order) -> None:
+    def _reference(self, order: Order) -> int | None:
         quote = self._quotes.get(order.symbol)
-        reference = None
-        if quote is not None and order.type is OrderType.MARKET:
-            reference = quote.ask if order.side is Side.BUY else quote.bid
+        if quote is None or order.type is not OrderType.MARKET:
+            return None
+        return quote.ask if order.side is Side.BUY else quote.bid
+
+    def _send(self, order: Order) -> None:
+        # Recovery may send an order recorded before a crash: it reaches the broker as of
+        # when it was recorded, measured from the quote seen then, never earlier.
+        reference = order.reference_price
+        if reference is None:  # recorded without a quote (or by an older release)
+            reference = self._reference(order)
         request = BrokerOrder(
             account_id=order.account_id,
             client_key=order.idempotency_key,
@@ -557,7 +570,7 @@ class ExecutionEngine:
             expire_time_ms=order.expire_time_ms,
             deviation_points=order.deviation_points,
             position_id=order.position_id,
-            submitted_ms=self.now_ms,
+            submitted_ms=max(self.now_ms, order.created_time_ms),
             reference_price=reference,
         )
         try:
@@ -606,7 +619,8 @@ class ExecutionEngine:
             return []
         book = self._book.copy()  # swapped in only after the commit
         reports: list[ExecutionReport] = []
-        with self.store.transaction() as tx:
+        # Not fsynced: recover() applies the broker journal again from the stored cursor.
+        with self.store.transaction(durable=False) as tx:
             for event in events:
                 if event.account_id == self.account_id:
                     reports += self._apply(tx, book, event)

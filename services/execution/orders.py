@@ -194,6 +194,9 @@ class OrderRequest:
         Provenance, stored and reported; trace fields are ignored by duplicate checks.
     model_name, model_version:
         The model behind the signal, so analytics can credit each version's trades.
+    risk_decision:
+        The approving ``quantmesh.risk.v1.RiskDecision`` with every rule's verdict, kept
+        verbatim (serialized) in the order's record as evidence; opaque to the engine.
     """
 
     idempotency_key: str
@@ -214,6 +217,7 @@ class OrderRequest:
     tracestate: str = ""
     model_name: str = ""
     model_version: str = ""
+    risk_decision: bytes = b""
 
 
 # Fields that make two requests "the same order" for idempotency. Trace context is left
@@ -270,6 +274,10 @@ class Order:
     broker_order_id: str = ""
     model_name: str = ""
     model_version: str = ""
+    risk_decision: bytes = b""
+    # The quote (ask for a buy, bid for a sell) when the order was recorded: the broker
+    # measures a market order's slippage from it, also when recovery sends it later.
+    reference_price: int | None = None
 
     @property
     def remaining_volume(self) -> Decimal:
@@ -312,6 +320,7 @@ def new_order(
         tracestate=request.tracestate,
         model_name=request.model_name,
         model_version=request.model_version,
+        risk_decision=request.risk_decision,
         origin=origin,
         state=OrderState.NEW,
         created_time_ms=time_ms,

@@ -33,6 +33,7 @@ from quantmesh.runtime.metrics import (
 )
 from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
 from quantmesh.services.execution import convert
+from quantmesh.services.execution.accounts import PositionView
 from quantmesh.services.execution.clock import ClockMode, MarketClock
 from quantmesh.services.execution.core import ExecutionEngine
 from quantmesh.services.execution.orders import OrderState
@@ -99,6 +100,12 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             order_request = convert.order_request_from_proto(
                 request.order, self._account, self._symbols
             )
+            decided_ms = request.order.risk_decision.time_msc
+            if self._clock.mode is ClockMode.PIPELINE and decided_ms > 0:
+                # A replayed order meets the market of its decision's moment, never an
+                # earlier one (e.g. after a restart, before risk grants time again).
+                await self._clock.grant(decided_ms)
+                await self._clock.wait_through(decided_ms)
             with timed("execution"):
                 order, duplicate = await asyncio.to_thread(self._engine.submit, order_request)
         return execution_pb2.SubmitOrderResponse(order=self._order(order), duplicate=duplicate)
@@ -150,12 +157,10 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         async with abort_on_domain_error(context):
             self._check_account(request.account_id)
             views = await asyncio.to_thread(self._engine.positions, request.symbol)
-        return execution_pb2.ListPositionsResponse(
-            positions=[
-                convert.position_to_proto(view, self._digits(view.position.symbol), self._currency)
-                for view in views
-            ]
-        )
+        return execution_pb2.ListPositionsResponse(positions=[self._position(v) for v in views])
+
+    def _position(self, view: PositionView) -> execution_pb2.Position:
+        return convert.position_to_proto(view, self._digits(view.position.symbol), self._currency)
 
     async def GetAccount(
         self, request: execution_pb2.GetAccountRequest, context: Context
@@ -171,16 +176,23 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         async with abort_on_domain_error(context):
             if request.time_ms < 0:
                 raise InvalidArgument(f"time_ms must not be negative, got {request.time_ms}")
+            if request.account_id:
+                self._check_account(request.account_id)
             await self._clock.grant(request.time_ms)
             if request.wait:
                 await self._clock.wait_through(request.time_ms)
-        clock = self._clock
-        return execution_pb2.AdvanceMarketTimeResponse(
-            granted_time_ms=clock.granted_ms,
-            market_time_ms=clock.market_ms,
-            ticks_processed=clock.ticks_processed,
-            feed_ended=clock.feed_ended,
-        )
+            clock = self._clock
+            reply = execution_pb2.AdvanceMarketTimeResponse(
+                granted_time_ms=clock.granted_ms,
+                market_time_ms=clock.market_ms,
+                ticks_processed=clock.ticks_processed,
+                feed_ended=clock.feed_ended,
+            )
+            if request.account_id:
+                account, positions = await asyncio.to_thread(self._engine.snapshot)
+                reply.account.CopyFrom(convert.account_to_proto(account))
+                reply.positions.extend(self._position(view) for view in positions)
+        return reply
 
     async def StreamExecutionReports(
         self,
@@ -276,16 +288,19 @@ async def _feed_as_granted(
     times = columns.time_msc
     start = 0
     while start < len(columns):
-        stop = int(np.searchsorted(times, clock.granted_ms, side="right"))
+        # Read the grant once: it may grow while the engine works, and only what was
+        # granted before the work began has been processed.
+        granted = clock.granted_ms
+        stop = int(np.searchsorted(times, granted, side="right"))
         if stop <= start:
             # The next tick is later than the grant: everything up to the grant has acted.
-            await clock.processed(ticks=0, through_ms=clock.granted_ms, market_ms=0)
-            await clock.wait_granted(int(times[start]))
+            await clock.processed(ticks=0, through_ms=granted, market_ms=0)
+            await clock.wait_grant_beyond(granted)
             continue
         await asyncio.to_thread(engine.on_ticks, columns.rows(start, stop), symbols)
         last = int(times[stop - 1])
         # A whole batch is through its last ms only once a later tick shows up.
-        through = clock.granted_ms if stop < len(columns) else last - 1
+        through = granted if stop < len(columns) else last - 1
         await clock.processed(ticks=stop - start, through_ms=through, market_ms=last)
         TICKS.labels("execution").inc(stop - start)
         MARKET_TIME.labels("execution").set(last)

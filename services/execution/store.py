@@ -83,6 +83,8 @@ CREATE TABLE IF NOT EXISTS orders (
   broker_order_id  TEXT    NOT NULL,
   model_name       TEXT    NOT NULL DEFAULT '',
   model_version    TEXT    NOT NULL DEFAULT '',
+  risk_decision    BLOB    NOT NULL DEFAULT x'',  -- serialized quantmesh.risk.v1.RiskDecision
+  reference_price  INTEGER,  -- the quote when recorded (market orders)
   UNIQUE (account_id, idempotency_key)
 );
 CREATE TRIGGER IF NOT EXISTS orders_start_new BEFORE INSERT ON orders
@@ -410,15 +412,27 @@ class ExecutionStore:
         self._db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[StoreTransaction]:
-        """One atomic unit of writes: committed when the block ends, rolled back on error."""
-        self._db.execute("BEGIN IMMEDIATE")
+    def transaction(self, durable: bool = True) -> Iterator[StoreTransaction]:
+        """One atomic unit of writes: committed when the block ends, rolled back on error.
+
+        A ``durable`` commit is fsynced before it returns. Pass False only for writes that
+        can be derived again from another durable record (the broker journal's events):
+        they survive a process crash like any commit and are fsynced by the next durable
+        commit (one WAL), so a power loss can drop only a tail that recovery re-derives.
+        """
+        if not durable:
+            self._db.execute("PRAGMA synchronous = NORMAL")
         try:
-            yield StoreTransaction(self._db)
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield StoreTransaction(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous = FULL")
 
     # --- reads ------------------------------------------------------------------------
 
@@ -532,6 +546,8 @@ class ExecutionStore:
 _ADDED_ORDER_COLUMNS = {
     "model_name": "TEXT NOT NULL DEFAULT ''",
     "model_version": "TEXT NOT NULL DEFAULT ''",
+    "risk_decision": "BLOB NOT NULL DEFAULT x''",
+    "reference_price": "INTEGER",
 }
 
 

@@ -155,3 +155,26 @@ async def test_same_key_with_other_fields_is_already_exists(
 
 def test_replay_source_fixture_is_the_shipped_year(replay_source: ReplaySource) -> None:
     assert replay_source.tick_count(["EURUSD"]) == 621_187
+
+
+async def test_the_order_record_keeps_the_risk_verdicts_that_approved_it(
+    execution: execution_pb2_grpc.ExecutionServiceStub,
+) -> None:
+    decision = risk_pb2.RiskDecision(
+        signal_id="signal-1",
+        approved=True,
+        reason="approved: 0.10 lots",
+        verdicts=[
+            risk_pb2.RuleVerdict(rule="kill_switch", passed=True, reason="not engaged"),
+            risk_pb2.RuleVerdict(
+                rule="min_reward_risk", passed=True, measured="2.0", limit="2.0", unit="ratio"
+            ),
+        ],
+    )
+    await execution.SubmitOrder(
+        ex.SubmitOrderRequest(order=order("evidence", risk_decision=decision))
+    )
+    stored = (await execution.GetOrder(ex.GetOrderRequest(idempotency_key="evidence"))).order
+    assert stored.risk_decision == decision
+    listed = (await execution.ListOrders(ex.ListOrdersRequest())).orders
+    assert [o.risk_decision for o in listed] == [decision]

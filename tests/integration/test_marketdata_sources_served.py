@@ -1,12 +1,8 @@
-"""Paced replay, the synthetic multi-symbol source and `quantmesh up`, end to end."""
+"""Paced replay and the synthetic multi-symbol source, served end to end."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -61,19 +57,3 @@ async def test_synthetic_source_streams_correlated_symbols_merged_in_time_order(
     returns = [np.diff(np.log(mids[index == i][::240])) for i in (0, 1)]
     correlation = np.corrcoef(returns[0], returns[1])[0, 1]
     assert 0.4 < correlation < 0.8  # configured 0.6, over 120 one-minute returns
-
-
-def test_up_trains_runs_the_signal_path_and_exits_when_asked(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "quantmesh.cli", "up", "--free-ports", "--exit-when-done"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "QUANTMESH_HOME": str(tmp_path), "COLUMNS": "200"},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "training one first" in result.stdout
-    assert "registered eurusd-h1-direction:1 as champion" in result.stdout
-    assert "decided on 6,225 H1 bars" in result.stdout
-    assert "stopped: every service drained" in result.stdout

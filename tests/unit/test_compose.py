@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -88,3 +91,36 @@ def test_cli_lists_the_commands_compose_uses() -> None:
     assert result.exit_code == 0
     for command in ("serve", "health", "ticks", "bench", "up", "train"):
         assert command in result.output
+
+
+def test_every_compose_setting_is_one_the_service_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each service's environment parses with its own settings (extra="forbid")."""
+    for name, service in _compose()["services"].items():
+        if service["command"][0] != "serve":
+            continue
+        config = importlib.import_module(f"quantmesh.services.{name}.config")
+        settings_type = next(
+            value
+            for key, value in vars(config).items()
+            if key.endswith("Settings") and key != "ServiceSettings" and isinstance(value, type)
+        )
+        for key in [k for k in os.environ if k.startswith("QUANTMESH_")]:
+            monkeypatch.delenv(key)
+        for key, value in service["environment"].items():
+            assert key.startswith(config.ENV_PREFIX), f"{name}: {key} is not one of its settings"
+            monkeypatch.setenv(key, str(value))
+        settings = settings_type()  # raises ValidationError on an unknown or bad value
+        assert settings.port == int(service["environment"][f"{config.ENV_PREFIX}PORT"])
+
+
+def test_stateful_services_keep_their_state_in_volumes_and_replay_on_the_pipeline_clock() -> None:
+    compose = _compose()
+    for name in ("execution", "risk", "analytics"):
+        folder = compose["services"][name]["environment"][f"QUANTMESH_{name.upper()}_FOLDER"]
+        assert f"{name}:{folder}" in compose["services"][name]["volumes"]
+        assert name in compose["volumes"]
+    assert (
+        compose["services"]["execution"]["environment"]["QUANTMESH_EXECUTION_CLOCK"] == "pipeline"
+    )
+    # risk is the only path to orders: it waits for its signal source and its broker.
+    assert set(compose["services"]["risk"]["depends_on"]) == {"decision", "execution"}

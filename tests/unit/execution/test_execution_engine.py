@@ -447,6 +447,12 @@ def test_a_crash_before_the_broker_got_the_order_sends_it_once_on_recovery(tmp_p
     assert (recovery.resent, recovery.adopted, recovery.lost) == (("k1",), (), ())
     assert again.engine.order_by_key("k1").state is S.ACCEPTED
     assert again.broker_rows() == [("k1", 1)]
+    # The restarted market starts over (no quote was stored): the resent order reaches
+    # the broker as of when it was recorded, so a tick from that moment cannot fill it.
+    recorded = again.engine.order_by_key("k1").created_time_ms
+    again.time_ms = recorded - 1_000
+    again.tick(110_000)
+    assert again.engine.order_by_key("k1").state is S.ACCEPTED
     again.tick(110_000)
     assert again.engine.order_by_key("k1").state is S.PARTIALLY_FILLED
 

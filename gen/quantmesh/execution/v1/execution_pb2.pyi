@@ -1078,21 +1078,25 @@ class AdvanceMarketTimeRequest(_message.Message):
 
     TIME_MS_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     time_ms: _builtins.int
     """Market time up to which ticks may act, UTC epoch milliseconds; the largest int64
     opens the feed for good (the end of a replay).
     """
     wait: _builtins.bool
     """Return only once the tick feed has processed every tick up to `time_ms`."""
+    account_id: _builtins.str
+    """Account to return a snapshot of; empty for none."""
     def __init__(
         self,
         *,
         time_ms: _builtins.int = ...,
         wait: _builtins.bool = ...,
+        account_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["time_ms", b"time_ms", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "time_ms", b"time_ms", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1108,6 +1112,8 @@ class AdvanceMarketTimeResponse(_message.Message):
     MARKET_TIME_MS_FIELD_NUMBER: _builtins.int
     TICKS_PROCESSED_FIELD_NUMBER: _builtins.int
     FEED_ENDED_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
     granted_time_ms: _builtins.int
     """Market time granted so far (the largest `time_ms` received)."""
     market_time_ms: _builtins.int
@@ -1116,6 +1122,14 @@ class AdvanceMarketTimeResponse(_message.Message):
     """Ticks processed since the service started."""
     feed_ended: _builtins.bool
     """True once market data has no more ticks to send (a finished replay)."""
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account named in the request, after the wait; unset when none was named."""
+
+    @_builtins.property
+    def positions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Position]:
+        """Its open positions, oldest first, read together with `account`."""
+
     def __init__(
         self,
         *,
@@ -1123,10 +1137,12 @@ class AdvanceMarketTimeResponse(_message.Message):
         market_time_ms: _builtins.int = ...,
         ticks_processed: _builtins.int = ...,
         feed_ended: _builtins.bool = ...,
+        account: Global___Account | None = ...,
+        positions: _abc.Iterable[Global___Position] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_ended", b"feed_ended", "granted_time_ms", b"granted_time_ms", "market_time_ms", b"market_time_ms", "ticks_processed", b"ticks_processed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "feed_ended", b"feed_ended", "granted_time_ms", b"granted_time_ms", "market_time_ms", b"market_time_ms", "positions", b"positions", "ticks_processed", b"ticks_processed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

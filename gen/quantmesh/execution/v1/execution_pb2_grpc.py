@@ -163,7 +163,10 @@ class ExecutionServiceServicer:
         nothing. With `wait`, the call returns once every tick up to `time_ms` has acted
         on orders and positions (or market data has no more ticks). With the `free`
         clock (live trading), ticks are never held and only `wait` has an effect.
-        INVALID_ARGUMENT for a negative time.
+        With `account_id`, the response also carries that account and its open
+        positions, read together after the wait: one consistent snapshot of the account
+        at the granted moment, which is what risk sizes a signal against.
+        INVALID_ARGUMENT for a negative time; NOT_FOUND for an unknown account.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

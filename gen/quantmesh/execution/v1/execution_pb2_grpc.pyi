@@ -94,7 +94,10 @@ class ExecutionServiceStub:
     nothing. With `wait`, the call returns once every tick up to `time_ms` has acted
     on orders and positions (or market data has no more ticks). With the `free`
     clock (live trading), ticks are never held and only `wait` has an effect.
-    INVALID_ARGUMENT for a negative time.
+    With `account_id`, the response also carries that account and its open
+    positions, read together after the wait: one consistent snapshot of the account
+    at the granted moment, which is what risk sizes a signal against.
+    INVALID_ARGUMENT for a negative time; NOT_FOUND for an unknown account.
     """
 
 @_typing.type_check_only
@@ -153,7 +156,10 @@ class ExecutionServiceAsyncStub(ExecutionServiceStub):
     nothing. With `wait`, the call returns once every tick up to `time_ms` has acted
     on orders and positions (or market data has no more ticks). With the `free`
     clock (live trading), ticks are never held and only `wait` has an effect.
-    INVALID_ARGUMENT for a negative time.
+    With `account_id`, the response also carries that account and its open
+    positions, read together after the wait: one consistent snapshot of the account
+    at the granted moment, which is what risk sizes a signal against.
+    INVALID_ARGUMENT for a negative time; NOT_FOUND for an unknown account.
     """
 
 class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -257,7 +263,10 @@ class ExecutionServiceServicer(metaclass=_abc_1.ABCMeta):
         nothing. With `wait`, the call returns once every tick up to `time_ms` has acted
         on orders and positions (or market data has no more ticks). With the `free`
         clock (live trading), ticks are never held and only `wait` has an effect.
-        INVALID_ARGUMENT for a negative time.
+        With `account_id`, the response also carries that account and its open
+        positions, read together after the wait: one consistent snapshot of the account
+        at the granted moment, which is what risk sizes a signal against.
+        INVALID_ARGUMENT for a negative time; NOT_FOUND for an unknown account.
         """
 
 def add_ExecutionServiceServicer_to_server(servicer: ExecutionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,90 @@
+"""``quantmesh up``, the main command, as a user runs it: train, trade, Ctrl-C, continue."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+UP = [sys.executable, "-m", "quantmesh.cli", "up", "--free-ports", "--no-view"]
+
+
+def environment(home: Path, **extra: str) -> dict[str, str]:
+    quiet = {
+        f"QUANTMESH_{name}_LOG_LEVEL": "WARNING"
+        for name in ("MARKETDATA", "FEATURES", "INFERENCE", "DECISION", "RISK", "EXECUTION")
+    }
+    return {**os.environ, "QUANTMESH_HOME": str(home), "COLUMNS": "200", **quiet, **extra}
+
+
+def order_keys(home: Path) -> tuple[list[str], list[tuple[str, int]], list[int]]:
+    """Execution's keys, the broker's received keys with counts, and the order states."""
+    with sqlite3.connect(home / "execution" / "execution.sqlite3") as store:
+        keys = [key for (key,) in store.execute("SELECT idempotency_key FROM orders")]
+        states = [state for (state,) in store.execute("SELECT state FROM orders")]
+    with sqlite3.connect(home / "execution" / "paper_broker.sqlite3") as journal:
+        received = journal.execute(
+            "SELECT client_key, COUNT(*) FROM broker_orders GROUP BY client_key"
+        ).fetchall()
+    return keys, received, states
+
+
+def test_ctrl_c_loses_no_order_and_up_again_finishes_the_replay(tmp_path: Path) -> None:
+    # A paced replay (a bar every 20 ms), so that Ctrl-C lands mid-year.
+    paced = environment(tmp_path, QUANTMESH_FEATURES_TICK_SPEED=str(3_600 * 50))
+    up = subprocess.Popen(
+        UP, env=paced, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert up.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + 240
+    for line in up.stdout:
+        seen.append(line)
+        orders = re.search(r"orders (\d+)", line)
+        if (orders and int(orders.group(1)) > 0) or time.monotonic() > deadline:
+            break
+    up.send_signal(signal.SIGINT)
+    rest, _ = up.communicate(timeout=60)
+    output = "".join(seen) + rest
+    assert up.returncode == 0, output
+    assert "training one first" in output
+    assert "every order is on disk" in output
+    assert "stopped: every service drained and exited" in output
+    keys, received, states = order_keys(tmp_path)
+    assert keys, output
+    new = 1  # ORDER_STATE_NEW: recorded but never sent
+    assert new not in states
+    assert sorted(keys) == sorted(key for key, _ in received)
+    assert all(count == 1 for _, count in received)
+
+    # Running up again continues the same run to the end of the year.
+    finished = subprocess.run(
+        [*UP, "--until-end"],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0, output
+    assert "continuing the run" in output
+    assert "replay finished" in output
+    for figure in ("equity", "trades", "win rate", "max drawdown", "execution latency"):
+        assert figure in output
+    report = tmp_path / "report.html"
+    assert report.exists()
+    assert "plot-equity" in report.read_text()
+    later_keys, later_received, _ = order_keys(tmp_path)
+    assert set(keys) <= set(later_keys)
+    assert len(later_keys) == len(set(later_keys)) > len(keys)
+    assert all(count == 1 for _, count in later_received)
