@@ -50,13 +50,14 @@ from quantmesh.services.marketdata.service import build_runtime
 from quantmesh.services.marketdata.sources import EURUSD, ReplaySource
 from quantmesh.services.registry.core import ModelRegistry
 
-BARS_PER_SECOND = 10.0
+BARS_PER_SECOND = 15.0  # a bar every 67 ms: the pipeline is idle when the next one closes
 SPEED = 3_600.0 * BARS_PER_SECOND
 ORDERS = 60  # acknowledged orders timed
 WARMUP_ORDERS = 3
-MAX_WALL_SECONDS = 240.0
+MAX_WALL_SECONDS = 300.0
 TARGET = {"p50_us": 2_000, "p99_us": 5_000}
 MEMORY_LIMIT_MB = 1_536
+YEAR_BARS = 6_225  # H1 bars in the shipped year: one decision each
 TICKS_PER_BAR = (100, 1_000)  # the shipped replay, then one ten times longer
 ENV = {"QUANTMESH_EXECUTION_CLOCK": "pipeline", "QUANTMESH_RISK_DEVIATION_POINTS": "50"}
 QUIET = {f"QUANTMESH_{name.upper()}_LOG_LEVEL": "WARNING" for name in PIPELINE}
@@ -140,22 +141,24 @@ async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
 def _replay_everything(home: Path, ticks_per_bar: int) -> dict[str, Any]:
     """Run every service over the whole replay as fast as possible, as ``up --until-end``."""
     env = ENV | QUIET | {"QUANTMESH_MARKETDATA_MEAN_TICKS_PER_BAR": str(ticks_per_bar)}
-    started = time.monotonic()
     with local_pipeline(home, services=tuple(PIPELINE), env=env, metrics=True) as running:
+        # The replay starts when risk, the last link of the chain, subscribes.
+        started = running["risk"].serving_since
         dashboard = Dashboard(running)
         while time.monotonic() - started < MAX_WALL_SECONDS * 4:
             time.sleep(0.25)
             dashboard.refresh()
-            if dashboard.finished("risk") and dashboard.finished("execution"):
+            if dashboard.replay_done:
                 break
-        elapsed = time.monotonic() - started
+        elapsed = (dashboard.finished_at or time.monotonic()) - started
         peak = {name: process.peak_rss_mb() for name, process in running.items()}
     return {
         "ticks_per_bar": ticks_per_bar,
         "ticks": int(dashboard.ticks),
         "seconds": round(elapsed, 1),
         "ticks_per_s": round(dashboard.ticks / elapsed),
-        "finished": dashboard.finished("risk") and dashboard.finished("execution"),
+        "bars_per_s": round(YEAR_BARS / elapsed),
+        "finished": dashboard.replay_done,
         "peak_rss_mb": {name: round(mb, 1) for name, mb in peak.items()},
         "total_peak_rss_mb": round(sum(peak.values()), 1),
     }

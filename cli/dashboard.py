@@ -79,6 +79,7 @@ class Dashboard:
     _last_ticks: tuple[float, float] = (0.0, 0.0)
     ticks_per_second: float = 0.0
     notes: list[str] = field(default_factory=list)
+    finished_at: float = 0.0  # time.monotonic() when risk and execution first reported done
 
     def refresh(self) -> Samples:
         """Scrape every service and update the tick rate."""
@@ -101,6 +102,14 @@ class Dashboard:
 
     def finished(self, service: str) -> bool:
         return total(self.samples, "quantmesh_replay_finished", service=service) >= 1
+
+    @property
+    def replay_done(self) -> bool:
+        """True once risk has traded every signal and execution played every tick."""
+        done = self.finished("risk") and self.finished("execution")
+        if done and not self.finished_at:
+            self.finished_at = time.monotonic()
+        return done
 
     def progress_line(self) -> str:
         """One line of progress, for logs and terminals without the live view."""

@@ -133,7 +133,7 @@ def _supervise(
             elif time.monotonic() - last_line > PROGRESS_SECONDS:
                 last_line = time.monotonic()
                 _out.print(dashboard.progress_line())
-            if not done and dashboard.finished("risk") and dashboard.finished("execution"):
+            if not done and dashboard.replay_done:
                 done = True
                 if live is not None:
                     live.stop()
@@ -167,7 +167,7 @@ def _summary(running: dict[str, ServiceProcess], dashboard: Dashboard, home: Pat
         ("Sharpe (daily, annualized)", f"{performance.sharpe:.2f}"),
         ("max drawdown", f"{performance.max_drawdown_bps / 100:.2f} %"),
         ("ticks executed", f"{dashboard.ticks:,.0f}"),
-        ("elapsed", f"{time.monotonic() - dashboard.started:.1f} s"),
+        ("replay time", f"{dashboard.finished_at - running['risk'].serving_since:.1f} s"),
     ]
     for name, value in rows:
         table.add_row(name, value)

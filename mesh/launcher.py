@@ -57,6 +57,7 @@ class ServiceProcess:
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int | None = None
     restarts: int = 0
+    serving_since: float = 0.0  # time.monotonic() when it last answered SERVING
 
     @property
     def address(self) -> str:
@@ -134,6 +135,7 @@ class ServiceProcess:
                 try:
                     reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        self.serving_since = time.monotonic()
                         return
                 except grpc.RpcError:
                     time.sleep(0.1)

@@ -34,6 +34,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from quantmesh.runtime.config import quantmesh_home
+from quantmesh.runtime.sqlite import connect, immediate
 from quantmesh.services.analytics.ledger import Fill, Mark, Side
 from quantmesh.services.analytics.runs import Account, Run
 
@@ -150,13 +151,10 @@ class AnalyticsStore:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._revision = 0
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        # A cursor on disk promises that its batch is on disk too, even after a power cut.
-        self._db.execute("PRAGMA synchronous = FULL")
+        # Fsynced commits: a cursor on disk promises that its batch is on disk too.
+        self._db = connect(self.path)
         with self._transaction() as db:
             for statement in _SCHEMA.split(";\n"):
                 db.execute(statement)
@@ -174,13 +172,8 @@ class AnalyticsStore:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            with immediate(self._db) as db:
+                yield db
             self._revision += 1
 
     # ----------------------------------------------------------------- cursors

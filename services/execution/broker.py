@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -50,6 +49,7 @@ from typing import Any, Protocol
 
 from quantmesh.runtime.config import quantmesh_home
 from quantmesh.runtime.errors import FailedPrecondition, NotFound
+from quantmesh.runtime.sqlite import connect
 from quantmesh.services.execution.accounts import MONEY_QUANTUM, Quote
 from quantmesh.services.execution.orders import (
     BROKER_KEY_PREFIX,
@@ -407,12 +407,9 @@ class PaperBroker:
         config: PaperBrokerConfig | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else default_journal_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.symbols = dict(symbols)
         self.config = config or PaperBrokerConfig()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
+        self._db = connect(self.path)
         for statement in _SCHEMA.split(";"):
             self._db.execute(statement)
         self._working: dict[str, _Working] = {}

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from quantmesh.runtime.config import quantmesh_home
+from quantmesh.runtime.sqlite import connect, immediate
 from quantmesh.services.execution.accounts import Fill, Leg, Position, Quote
 from quantmesh.services.execution.orders import (
     ORDER_STATE_TABLE,
@@ -391,10 +392,7 @@ class ExecutionStore:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")  # an order is on disk before it is sent
+        self._db = connect(self.path)  # fsynced commits: an order is on disk before it is sent
         self._db.execute("PRAGMA foreign_keys = ON")
         with self.transaction():
             for statement in _SCHEMA.split(";\n"):
@@ -423,13 +421,8 @@ class ExecutionStore:
         if not durable:
             self._db.execute("PRAGMA synchronous = NORMAL")
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield StoreTransaction(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            with immediate(self._db) as db:
+                yield StoreTransaction(db)
         finally:
             if not durable:
                 self._db.execute("PRAGMA synchronous = FULL")

@@ -31,6 +31,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from quantmesh.runtime.config import quantmesh_home
+from quantmesh.runtime.sqlite import connect, immediate
 from quantmesh.services.risk.core import AccountState, RiskDecision, RiskEngine, SignalView
 from quantmesh.services.risk.rules import DriftMonitor, KillSwitch, RiskLimits
 from quantmesh.services.risk.sizing import Quotes, SymbolSpec, to_decimal
@@ -104,11 +105,8 @@ class RiskStore:
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else default_store_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")  # an engaged switch is on disk first
+        self._db = connect(self.path)  # fsynced commits: an engaged switch is on disk first
         with self._transaction() as db:
             for statement in _SCHEMA.split(";\n"):
                 db.execute(statement)
@@ -120,14 +118,8 @@ class RiskStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, immediate(self._db) as db:
+            yield db
 
     def _read(self, sql: str, *args: object) -> list[tuple[object, ...]]:
         with self._lock:

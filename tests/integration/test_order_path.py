@@ -87,7 +87,7 @@ def wait_until_done(
     """Supervise as ``quantmesh up`` does until risk and execution finished the replay."""
     dashboard = Dashboard(running)
     deadline = time.monotonic() + 300
-    while not (dashboard.finished("risk") and dashboard.finished("execution")):
+    while not dashboard.replay_done:
         if time.monotonic() > deadline:
             logs = "\n".join(f"--- {n}\n{p.logs()[-3000:]}" for n, p in running.items())
             raise AssertionError(f"the replay did not finish in time\n{logs}")
