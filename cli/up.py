@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from decimal import Decimal
@@ -123,11 +124,13 @@ def _supervise(
             for name, process in dashboard.services.items():
                 if process.exited:
                     code = process.process.returncode if process.process else None
-                    dashboard.notes.append(f"{name} exited ({code}); restarting it")
+                    _note(dashboard, live, f"{name} exited ({code}); restarting it")
                     try:
                         process.restart()
                     except (RuntimeError, TimeoutError) as error:
-                        dashboard.notes.append(f"{name} did not come back: {error}")
+                        _note(dashboard, live, f"{name} did not come back: {error}")
+                    else:
+                        _note(dashboard, live, f"{name} is back on {process.address}")
             if live is not None:
                 live.update(dashboard.render())
             elif time.monotonic() - last_line > PROGRESS_SECONDS:
@@ -145,8 +148,15 @@ def _supervise(
                     live.start()
 
 
+def _note(dashboard: Dashboard, live: Live | None, text: str) -> None:
+    # The live view shows the latest notes; without it they are printed as they come.
+    dashboard.notes.append(text)
+    if live is None:
+        _out.print(f"[yellow]{text}[/yellow]")
+
+
 def _summary(running: dict[str, ServiceProcess], dashboard: Dashboard, home: Path) -> None:
-    account, performance, report = asyncio.run(
+    account, performance, report, states = asyncio.run(
         _results(running["execution"].address, running["analytics"].address)
     )
     path = home / "report.html"
@@ -155,12 +165,15 @@ def _summary(running: dict[str, ServiceProcess], dashboard: Dashboard, home: Pat
     table.add_column(style="bold")
     table.add_column(justify="right")
     start = _starting_balance()
+    # Execution's balance and analytics' ledger are two computations of one truth.
+    reconciled = _money(performance.realized_pnl) == _money(account.balance) - start
     rows = [
         ("equity", f"{_money(account.equity):,.2f} {account.currency}"),
         ("return", f"{(_money(account.equity) / start - 1) * 100:.2f} %" if start else "—"),
         ("realized P&L (net)", f"{_money(performance.realized_pnl):,.2f}"),
         ("unrealized P&L", f"{_money(performance.unrealized_pnl):,.2f}"),
         ("commission", f"{_money(performance.commission):,.2f}"),
+        ("orders", _order_counts(states)),
         ("trades", f"{performance.trade_count:,}"),
         ("win rate", f"{performance.win_rate_bps / 100:.1f} %"),
         ("profit factor", f"{performance.profit_factor:.2f}"),
@@ -168,6 +181,7 @@ def _summary(running: dict[str, ServiceProcess], dashboard: Dashboard, home: Pat
         ("max drawdown", f"{performance.max_drawdown_bps / 100:.2f} %"),
         ("ticks executed", f"{dashboard.ticks:,.0f}"),
         ("replay time", f"{dashboard.finished_at - running['risk'].serving_since:.1f} s"),
+        ("accounting", "reconciled" if reconciled else "[red]NOT reconciled[/red]"),
     ]
     for name, value in rows:
         table.add_row(name, value)
@@ -177,9 +191,38 @@ def _summary(running: dict[str, ServiceProcess], dashboard: Dashboard, home: Pat
     _out.print(f"report: {path} (open it in a browser; it needs no server)")
 
 
+def _order_counts(states: Counter[str]) -> str:
+    placed = sum(states.values())
+    parts = [f"{placed:,} placed"]
+    for state in ("FILLED", "REJECTED", "CANCELLED", "EXPIRED"):
+        if states[state]:
+            parts.append(f"{states[state]:,} {state.lower()}")
+    return ", ".join(parts)
+
+
+async def _order_states(execution: execution_pb2_grpc.ExecutionServiceStub) -> Counter[str]:
+    states: Counter[str] = Counter()
+    token = ""
+    while True:
+        request = execution_pb2.ListOrdersRequest(page_size=1_000, page_token=token)
+        page = await execution.ListOrders(request)
+        states.update(
+            execution_pb2.OrderState.Name(order.state).removeprefix("ORDER_STATE_")
+            for order in page.orders
+        )
+        token = page.next_page_token
+        if not token:
+            return states
+
+
 async def _results(
     execution_address: str, analytics_address: str
-) -> tuple[execution_pb2.Account, analytics_pb2.Performance, analytics_pb2.GenerateReportResponse]:
+) -> tuple[
+    execution_pb2.Account,
+    analytics_pb2.Performance,
+    analytics_pb2.GenerateReportResponse,
+    Counter[str],
+]:
     async with (
         grpc.aio.insecure_channel(execution_address) as execution_channel,
         grpc.aio.insecure_channel(analytics_address) as analytics_channel,
@@ -192,7 +235,6 @@ async def _results(
         deadline = time.monotonic() + 30
         while True:
             performance = (await analytics.GetPerformance(request)).performance
-            # Execution's balance and analytics' ledger are two computations of one truth.
             booked = _money(performance.realized_pnl)
             if booked == _money(account.balance) - _starting_balance():
                 break
@@ -207,7 +249,8 @@ async def _results(
                 include_models=True,
             )
         )
-    return account, performance, report
+        states = await _order_states(execution)
+    return account, performance, report, states
 
 
 def _starting_balance() -> Decimal:

@@ -39,7 +39,7 @@ from quantmesh.services.registry.core import ModelRegistry
 from quantmesh.services.risk.rules import RiskLimits
 from quantmesh.services.risk.store import RiskStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ENV = {"QUANTMESH_EXECUTION_CLOCK": "pipeline", "QUANTMESH_RISK_DEVIATION_POINTS": "50"}
 QUIET = {f"QUANTMESH_{name.upper()}_LOG_LEVEL": "WARNING" for name in PIPELINE}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 UP = [sys.executable, "-m", "quantmesh.cli", "up", "--free-ports", "--no-view"]
 
@@ -66,19 +66,32 @@ def test_ctrl_c_loses_no_order_and_up_again_finishes_the_replay(tmp_path: Path) 
     assert sorted(keys) == sorted(key for key, _ in received)
     assert all(count == 1 for _, count in received)
 
-    # Running up again continues the same run to the end of the year.
-    finished = subprocess.run(
+    # Running up again continues the same run to the end of the year; its supervisor
+    # restarts execution after it is killed mid-replay (paced, so the kill lands mid-year).
+    again = subprocess.Popen(
         [*UP, "--until-end"],
-        env=environment(tmp_path),
-        capture_output=True,
+        env=environment(tmp_path, QUANTMESH_FEATURES_TICK_SPEED=str(3_600 * 200)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=300,
-        check=False,
     )
-    output = finished.stdout + finished.stderr
-    assert finished.returncode == 0, output
+    assert again.stdout is not None
+    lines: list[str] = []
+    for line in again.stdout:
+        lines.append(line)
+        started = re.search(r"^execution\s+\S+ \(pid (\d+)\)", line)
+        if started:
+            os.kill(int(started.group(1)), signal.SIGKILL)
+            break
+    rest, _ = again.communicate(timeout=240)
+    output = "".join(lines) + rest
+    assert again.returncode == 0, output
     assert "continuing the run" in output
+    assert "execution exited (-9); restarting it" in output
+    assert "execution is back on" in output
     assert "replay finished" in output
+    assert "reconciled" in output
+    assert "NOT reconciled" not in output
     for figure in ("equity", "trades", "win rate", "max drawdown", "execution latency"):
         assert figure in output
     report = tmp_path / "report.html"
