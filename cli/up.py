@@ -200,7 +200,9 @@ def _order_counts(states: Counter[str]) -> str:
     return ", ".join(parts)
 
 
-async def _order_states(execution: execution_pb2_grpc.ExecutionServiceStub) -> Counter[str]:
+async def _order_states(
+    execution: execution_pb2_grpc.ExecutionServiceAsyncStub,
+) -> Counter[str]:
     states: Counter[str] = Counter()
     token = ""
     while True:
