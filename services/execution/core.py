@@ -242,10 +242,14 @@ class ExecutionEngine:
                 order = dataclasses.replace(order, reference_price=self._reference(order))
                 tx.insert_order(order)
                 reports = [tx.append_report(report_of(order, order.created_time_ms))]
-            self._notify(reports)
             self._send(order)
-            self._drain()
-            return self._order(order_id), False
+            reports += self._drain(notify=False)
+            result = self._order(order_id), False
+        # Report streams wake once the order is answered and the lock is free, not while
+        # it is sent: they would only wait for the lock and slow the submission down.
+        # (Should the send fail, the NEW report reaches them with the next wake-up.)
+        self._notify(reports)
+        return result
 
     def cancel(self, order_id: str) -> Order:
         """Cancel a working order at the broker; return it (CANCELLED once confirmed).
@@ -405,9 +409,11 @@ class ExecutionEngine:
             return self.account(), self.positions()
 
     def reports_since(self, from_seq: int = 0, limit: int = 1000) -> list[ExecutionReport]:
-        """Execution reports with ``seq >= from_seq``, oldest first (seqs start at 0)."""
-        with self._lock:
-            return self.store.reports_since(from_seq, limit)
+        """Execution reports with ``seq >= from_seq``, oldest first (seqs start at 0).
+
+        Reads committed reports without the engine's lock: streams never slow orders down.
+        """
+        return self.store.reports_since(from_seq, limit)
 
     def equity_identity_holds(self) -> bool:
         """True if balance + unrealized equals start + ledger realized + unrealized − ledger costs.
@@ -610,7 +616,7 @@ class ExecutionEngine:
         self._day = day
         self._day_start_equity = self.store.day_start_equity(self.account_id, day)
 
-    def _drain(self) -> list[ExecutionReport]:
+    def _drain(self, notify: bool = True) -> list[ExecutionReport]:
         """Apply the broker's journal after the cursor, in one transaction."""
         if self.broker.last_event_seq <= self._cursor:
             return []
@@ -627,7 +633,8 @@ class ExecutionEngine:
             tx.save_account(self._record(book, events[-1].seq))
             tx.save_quotes(self._quotes.values())  # the rates this batch was converted at
         self._book, self._cursor = book, events[-1].seq
-        self._notify(reports)
+        if notify:
+            self._notify(reports)
         return reports
 
     def _apply(self, tx: StoreTransaction, book: Book, event: BrokerEvent) -> list[ExecutionReport]:

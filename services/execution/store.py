@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -394,6 +395,8 @@ class ExecutionStore:
         self.path = Path(path) if path is not None else default_store_path()
         self._db = connect(self.path)  # fsynced commits: an order is on disk before it is sent
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._reader = connect(self.path)
+        self._reader_lock = threading.Lock()
         with self.transaction():
             for statement in _SCHEMA.split(";\n"):
                 self._db.execute(statement)
@@ -406,8 +409,9 @@ class ExecutionStore:
             )
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
         self._db.close()
+        self._reader.close()
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[StoreTransaction]:
@@ -523,10 +527,13 @@ class ExecutionStore:
         where, args = "seq >= ?", [from_seq, *account_ids]
         if account_ids:
             where += f" AND account_id IN ({', '.join('?' * len(account_ids))})"
-        rows = self._db.execute(
-            f"SELECT body FROM events WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608
-            [*args, limit],
-        )
+        # A connection of its own: report streams read committed reports (append-only)
+        # while the engine writes, without waiting for the engine's lock.
+        with self._reader_lock:
+            rows = self._reader.execute(
+                f"SELECT body FROM events WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608
+                [*args, limit],
+            ).fetchall()
         return [_report(json.loads(body)) for (body,) in rows]
 
     def last_report_seq(self) -> int:
