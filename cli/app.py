@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from quantmesh.cli import bench, health, report, serve, ticks, train, up
+from quantmesh.cli import bench, health, mesh, pki, report, serve, ticks, train, up
 
 app = typer.Typer(
     name="quantmesh",
@@ -13,6 +13,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(serve.app, name="serve")
+app.add_typer(pki.app, name="pki")
+app.add_typer(mesh.app, name="mesh")
 app.command("ticks")(ticks.ticks)
 app.command("bench")(bench.bench)
 app.command("up")(up.up)

@@ -96,7 +96,9 @@ def up(
         try:
             _supervise(dashboard, until_end, view, lambda: _summary(running, dashboard, home))
         except KeyboardInterrupt:
-            _out.print("Ctrl-C: stopping risk first, then the rest; every order is on disk")
+            _out.print(
+                "Ctrl-C: stopping every service (risk before execution); every order is on disk"
+            )
 
 
 def _prepare_run(home: Path, fresh: bool) -> None:
