@@ -33,11 +33,11 @@ from rich.table import Table
 
 from quantmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from quantmesh.cli.dashboard import Dashboard, latency_rows
-from quantmesh.common.v1 import common_pb2
 from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
 from quantmesh.mesh.launcher import PIPELINE, ServiceProcess, local_pipeline
 from quantmesh.runtime.config import quantmesh_home
 from quantmesh.runtime.errors import NotFound
+from quantmesh.services.execution.convert import money_from_proto as money
 from quantmesh.services.registry.core import ModelRegistry
 
 _out = Console()
@@ -168,13 +168,13 @@ def _summary(running: dict[str, ServiceProcess], dashboard: Dashboard, home: Pat
     table.add_column(justify="right")
     start = _starting_balance()
     # Execution's balance and analytics' ledger are two computations of one truth.
-    reconciled = _money(performance.realized_pnl) == _money(account.balance) - start
+    reconciled = money(performance.realized_pnl) == money(account.balance) - start
     rows = [
-        ("equity", f"{_money(account.equity):,.2f} {account.currency}"),
-        ("return", f"{(_money(account.equity) / start - 1) * 100:.2f} %" if start else "—"),
-        ("realized P&L (net)", f"{_money(performance.realized_pnl):,.2f}"),
-        ("unrealized P&L", f"{_money(performance.unrealized_pnl):,.2f}"),
-        ("commission", f"{_money(performance.commission):,.2f}"),
+        ("equity", f"{money(account.equity):,.2f} {account.currency}"),
+        ("return", f"{(money(account.equity) / start - 1) * 100:.2f} %" if start else "—"),
+        ("realized P&L (net)", f"{money(performance.realized_pnl):,.2f}"),
+        ("unrealized P&L", f"{money(performance.unrealized_pnl):,.2f}"),
+        ("commission", f"{money(performance.commission):,.2f}"),
         ("orders", _order_counts(states)),
         ("trades", f"{performance.trade_count:,}"),
         ("win rate", f"{performance.win_rate_bps / 100:.1f} %"),
@@ -239,8 +239,8 @@ async def _results(
         deadline = time.monotonic() + 30
         while True:
             performance = (await analytics.GetPerformance(request)).performance
-            booked = _money(performance.realized_pnl)
-            if booked == _money(account.balance) - _starting_balance():
+            booked = money(performance.realized_pnl)
+            if booked == money(account.balance) - _starting_balance():
                 break
             if time.monotonic() > deadline:
                 _out.print("[yellow]analytics has not caught up with execution yet[/yellow]")
@@ -262,10 +262,6 @@ def _starting_balance() -> Decimal:
     from quantmesh.services.execution.config import ExecutionSettings
 
     return ExecutionSettings().starting_balance
-
-
-def _money(amount: common_pb2.Money) -> Decimal:
-    return Decimal(amount.units) + Decimal(amount.nanos) / Decimal(1_000_000_000)
 
 
 def _ensure_champion(home: Path) -> None:

@@ -28,9 +28,8 @@ from quantmesh.services.analytics.ledger import LedgerResult, Side, Trade
 from quantmesh.services.analytics.performance import Performance, drawdown_series
 from quantmesh.services.analytics.report import render_report
 from quantmesh.services.analytics.store import ReportedFill
-from quantmesh.services.execution.convert import lots_from_proto, money_to_proto
+from quantmesh.services.execution.convert import lots_from_proto, money_from_proto, money_to_proto
 
-_NANO = Decimal("1e-9")
 _MICROS = Decimal(1_000_000)
 
 # Sampling periods of GetEquityCurve, by common.v1.Timeframe (UTC periods).
@@ -88,7 +87,7 @@ def fill_of_report(report: execution_pb2.ExecutionReport) -> ReportedFill | None
         raise ValueError(f"{where} fills without a side")
     if not report.position_id:
         raise ValueError(f"{where} fills without a position id")
-    commission = _decimal(report.commission.units, report.commission.nanos)
+    commission = money_from_proto(report.commission)
     return ReportedFill(
         seq=report.seq,
         account_id=report.account_id,
@@ -341,7 +340,3 @@ def _markdown_report(window: Window, include_models: bool, generated_ms: int, so
 
 def _cents(amount: Decimal) -> str:
     return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN):,}"
-
-
-def _decimal(units: int, nanos: int) -> Decimal:
-    return Decimal(units) + Decimal(nanos) * _NANO

@@ -20,6 +20,11 @@ def lots_from_proto(lots: common_pb2.Lots) -> Decimal:
     return Decimal(lots.units) + Decimal(lots.nanos) * _NANO
 
 
+def money_from_proto(money: common_pb2.Money) -> Decimal:
+    """``units + nanos / 1e9`` exactly (the currency is the caller's to check)."""
+    return Decimal(money.units) + Decimal(money.nanos) * _NANO
+
+
 def _units_nanos(amount: Decimal) -> tuple[int, int]:
     # Lots and Money share the google.type.Money layout: whole units plus billionths.
     units = int(amount)

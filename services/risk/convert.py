@@ -21,7 +21,12 @@ from quantmesh.execution.v1 import execution_pb2
 from quantmesh.risk.v1 import risk_pb2
 from quantmesh.runtime.errors import InvalidArgument, NotFound
 from quantmesh.services.decision.policy import Action
-from quantmesh.services.execution.convert import lots_from_proto, lots_to_proto, money_to_proto
+from quantmesh.services.execution.convert import (
+    lots_from_proto,
+    lots_to_proto,
+    money_from_proto,
+    money_to_proto,
+)
 from quantmesh.services.risk.core import AccountState, RiskDecision, SignalView
 from quantmesh.services.risk.rules import KillSwitch, RiskLimits, RuleVerdict
 from quantmesh.services.risk.sizing import ZERO, Quote, Quotes, SymbolSpec, fmt, to_decimal
@@ -115,11 +120,6 @@ def is_actionable(signal: decision_pb2.Signal) -> bool:
 
 
 # --- account state from execution -----------------------------------------------------
-
-
-def money_from_proto(money: common_pb2.Money) -> Decimal:
-    """``units + nanos / 1e9`` exactly."""
-    return Decimal(money.units) + Decimal(money.nanos).scaleb(-9)
 
 
 def account_state_from_proto(

@@ -39,6 +39,7 @@ from quantmesh.services.analytics.service import build_runtime as analytics_runt
 from quantmesh.services.analytics.store import H1_MS, AnalyticsStore
 from quantmesh.services.execution.clock import END_OF_TIME_MS, ClockMode
 from quantmesh.services.execution.config import ExecutionSettings
+from quantmesh.services.execution.convert import money_from_proto as money
 from quantmesh.services.execution.service import build_runtime as execution_runtime
 from quantmesh.services.marketdata.config import MarketDataSettings
 from quantmesh.services.marketdata.service import build_runtime as marketdata_runtime
@@ -222,10 +223,6 @@ async def caught_up(store: AnalyticsStore, report_seq: int, ticks: int) -> None:
         return store.report_cursor() >= report_seq and store.tick_cursor("EURUSD") == ticks - 1
 
     await eventually(done, f"report {report_seq} and tick {ticks - 1} to be recorded")
-
-
-def money(message: common_pb2.Money) -> Decimal:
-    return Decimal(message.units) + Decimal(message.nanos) * Decimal("1e-9")
 
 
 def cents(amount: Decimal) -> Decimal:

@@ -30,6 +30,7 @@ from quantmesh.execution.v1 import execution_pb2_grpc
 from quantmesh.mesh.launcher import PIPELINE, ServiceProcess, local_pipeline
 from quantmesh.services.decision.client import SignalSubscriber
 from quantmesh.services.execution.client import ExecutionReportSubscriber
+from quantmesh.services.execution.convert import money_from_proto as money
 from quantmesh.services.inference.testing import (
     MODEL_NAME,
     register_tiny_model,
@@ -45,10 +46,6 @@ ENV = {"QUANTMESH_EXECUTION_CLOCK": "pipeline", "QUANTMESH_RISK_DEVIATION_POINTS
 QUIET = {f"QUANTMESH_{name.upper()}_LOG_LEVEL": "WARNING" for name in PIPELINE}
 START = Decimal(10_000)
 RULES = 12  # every risk decision carries one verdict per rule
-
-
-def money(amount: common_pb2.Money) -> Decimal:
-    return Decimal(amount.units) + Decimal(amount.nanos) / Decimal(1_000_000_000)
 
 
 @dataclass
