@@ -74,7 +74,6 @@ class Dashboard:
     """Scrapes the services and renders what they report."""
 
     services: Mapping[str, ServiceProcess]
-    started: float = field(default_factory=time.monotonic)
     samples: Samples = field(default_factory=dict)
     _last_ticks: tuple[float, float] = (0.0, 0.0)
     ticks_per_second: float = 0.0
@@ -111,13 +110,17 @@ class Dashboard:
             self.finished_at = time.monotonic()
         return done
 
+    @property
+    def market_time(self) -> str:
+        """Execution's market time as ``YYYY-MM-DD HH:MM``, or ``—`` before its first tick."""
+        market_ms = total(self.samples, "quantmesh_market_time_ms", service="execution")
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(market_ms / 1000)) if market_ms else "—"
+
     def progress_line(self) -> str:
         """One line of progress, for logs and terminals without the live view."""
         s = self.samples
-        market_ms = total(s, "quantmesh_market_time_ms", service="execution")
-        stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(market_ms / 1000)) if market_ms else "—"
         return (
-            f"market {stamp}  ticks {self.ticks:,.0f} ({self.ticks_per_second:,.0f}/s)  "
+            f"market {self.market_time}  ticks {self.ticks:,.0f} ({self.ticks_per_second:,.0f}/s)  "
             f"orders {total(s, 'quantmesh_orders_total'):,.0f}  "
             f"fills {total(s, 'quantmesh_fills_total'):,.0f}  "
             f"equity {total(s, 'quantmesh_account_equity'):,.2f}"
@@ -128,10 +131,7 @@ class Dashboard:
         table = Table(title="quantmesh up", title_justify="left", show_header=False, box=None)
         table.add_column(style="bold cyan", no_wrap=True)
         table.add_column()
-        market_ms = total(s, "quantmesh_market_time_ms", service="execution")
-        if market_ms:
-            stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(market_ms / 1000))
-            table.add_row("market time", f"{stamp} UTC")
+        table.add_row("market time", f"{self.market_time} UTC")
         table.add_row("ticks", f"{self.ticks:,.0f} executed, {self.ticks_per_second:,.0f}/s")
         actions = ("BUY", "SELL", "CLOSE")
         signals = ", ".join(
@@ -146,11 +146,7 @@ class Dashboard:
         table.add_row("orders", f"{orders:,.0f} placed, {fills:,.0f} fills")
         equity = total(s, "quantmesh_account_equity")
         table.add_row("equity", f"{equity:,.2f}" if equity else "—")
-        latencies = []
-        for stage in STAGES:
-            p50, p99 = quantile(s, stage, 0.5), quantile(s, stage, 0.99)
-            if p50 is not None and p99 is not None:
-                latencies.append(f"{stage} {p50 * 1e3:.2f}/{p99 * 1e3:.2f}")
+        latencies = [f"{stage} {p50}/{p99}" for stage, p50, p99 in latency_rows(s)]
         table.add_row("stage ms p50/p99", "  ".join(latencies) or "—")
         processes = []
         for name, process in self.services.items():

@@ -507,11 +507,13 @@ def write_atomically(path: Path, data: bytes, *, mode: int) -> None:
     _fsync_dir(path.parent)
 
 
-def _certificate_pem(certificate: x509.Certificate) -> bytes:
+def certificate_pem(certificate: x509.Certificate) -> bytes:
+    """The certificate as PEM."""
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def _private_key_pem(key: CertificateIssuerPrivateKeyTypes) -> bytes:
+def private_key_pem(key: CertificateIssuerPrivateKeyTypes) -> bytes:
+    """The key as unencrypted PKCS#8 PEM (written with mode 0600 by its callers)."""
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -524,7 +526,7 @@ def write_ca(directory: Path, ca: CertificateAuthority) -> None:
     _ensure_private_dir(directory)
     if ca.owned:
         write_atomically(
-            directory / CA_KEY_FILE, _private_key_pem(ca.private_key), mode=_PRIVATE_FILE_MODE
+            directory / CA_KEY_FILE, private_key_pem(ca.private_key), mode=_PRIVATE_FILE_MODE
         )
         (directory / CA_SOURCE_FILE).unlink(missing_ok=True)
     else:
@@ -537,7 +539,7 @@ def write_ca(directory: Path, ca: CertificateAuthority) -> None:
         # A dev key left behind would be picked up by rotate instead of the user's CA.
         (directory / CA_KEY_FILE).unlink(missing_ok=True)
     write_atomically(
-        directory / CA_CERT_FILE, _certificate_pem(ca.certificate), mode=_PUBLIC_FILE_MODE
+        directory / CA_CERT_FILE, certificate_pem(ca.certificate), mode=_PUBLIC_FILE_MODE
     )
 
 
@@ -551,13 +553,13 @@ def write_service(directory: Path, issued: IssuedCertificate, ca: CertificateAut
     service_dir = directory / issued.service
     _ensure_private_dir(service_dir)
     write_atomically(
-        service_dir / TRUST_BUNDLE_FILE, _certificate_pem(ca.certificate), mode=_PUBLIC_FILE_MODE
+        service_dir / TRUST_BUNDLE_FILE, certificate_pem(ca.certificate), mode=_PUBLIC_FILE_MODE
     )
     write_atomically(
-        service_dir / KEY_FILE, _private_key_pem(issued.private_key), mode=_PRIVATE_FILE_MODE
+        service_dir / KEY_FILE, private_key_pem(issued.private_key), mode=_PRIVATE_FILE_MODE
     )
     write_atomically(
-        service_dir / CERT_FILE, _certificate_pem(issued.certificate), mode=_PUBLIC_FILE_MODE
+        service_dir / CERT_FILE, certificate_pem(issued.certificate), mode=_PUBLIC_FILE_MODE
     )
     return service_dir
 

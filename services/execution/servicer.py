@@ -45,6 +45,7 @@ from quantmesh.services.marketdata.sources import Symbol, TickColumns
 SERVICE_NAME = execution_pb2.DESCRIPTOR.services_by_name["ExecutionService"].full_name
 DEFAULT_REPORT_BATCH = 100
 MAX_REPORT_BATCH = 10_000
+EQUITY_REFRESH_SECONDS = 0.5  # how often the tick feed refreshes the equity gauge
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -256,6 +257,7 @@ async def tick_feed(
     tick the engine stored and resumes from the next tick after an interruption.
     """
     from_seq = engine.resume_tick_seq
+    equity_shown = 0.0  # monotonic time the equity gauge was last refreshed
     while not shutdown.is_set():
         try:
             async with grpc.aio.insecure_channel(marketdata_address) as channel:
@@ -268,6 +270,10 @@ async def tick_feed(
                 async for batch in subscriber.batches():
                     columns = tick_columns_from_proto(batch)
                     await _feed_as_granted(engine, clock, columns, list(batch.symbols))
+                    if time.monotonic() - equity_shown > EQUITY_REFRESH_SECONDS:
+                        equity_shown = time.monotonic()
+                        account = await asyncio.to_thread(engine.account)
+                        EQUITY.labels(engine.account_id).set(float(account.equity))
                     from_seq = subscriber.next_seq
                 await clock.ended()
                 REPLAY_FINISHED.labels("execution").set(1)
@@ -276,10 +282,6 @@ async def tick_feed(
         except grpc.aio.AioRpcError as error:
             _log.warning("tick feed interrupted", status=error.code().name, resume_from=from_seq)
             await asyncio.sleep(1.0)
-
-
-EQUITY_REFRESH_SECONDS = 0.5
-_equity_updated = [0.0]  # monotonic time of the last equity gauge refresh
 
 
 async def _feed_as_granted(
@@ -305,10 +307,6 @@ async def _feed_as_granted(
         TICKS.labels("execution").inc(stop - start)
         MARKET_TIME.labels("execution").set(last)
         start = stop
-    if time.monotonic() - _equity_updated[0] > EQUITY_REFRESH_SECONDS:
-        _equity_updated[0] = time.monotonic()
-        account = await asyncio.to_thread(engine.account)
-        EQUITY.labels(engine.account_id).set(float(account.equity))
 
 
 class ReportSignal:

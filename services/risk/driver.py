@@ -53,6 +53,7 @@ from quantmesh.runtime.metrics import (
 )
 from quantmesh.services.decision.client import SignalSubscriber
 from quantmesh.services.decision.policy import Action
+from quantmesh.services.execution.clock import END_OF_TIME_MS  # open the feed for good
 from quantmesh.services.execution.convert import lots_from_proto, lots_to_proto
 from quantmesh.services.risk import convert
 from quantmesh.services.risk.convert import QuoteBook
@@ -61,8 +62,6 @@ from quantmesh.services.risk.servicer import EXECUTION_TIMEOUT_SECONDS, read_acc
 from quantmesh.services.risk.sizing import Quotes, SymbolSpec, fmt
 from quantmesh.services.risk.store import DurableRiskEngine, RiskStore, cursor_name
 
-# The largest int64: "open the feed for good", the end of a replay.
-END_OF_TIME_MS = 2**63 - 1
 # Statuses after which the same call may succeed: execution restarting or overloaded.
 # Retrying a SubmitOrder is safe because the key makes it idempotent.
 RETRYABLE = frozenset(

@@ -19,9 +19,16 @@ import grpc
 import pytest
 
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
+from quantmesh.mesh.direct import channel_credentials
 from quantmesh.mesh.envoy import envoy_binary, write_sidecar_configs
 from quantmesh.mesh.launcher import free_port
-from quantmesh.mesh.pki import create_dev_ca, init_pki, issue_service_certificate
+from quantmesh.mesh.pki import (
+    certificate_pem,
+    create_dev_ca,
+    init_pki,
+    issue_service_certificate,
+    private_key_pem,
+)
 from quantmesh.mesh.policy import MeshPolicy, load_policy
 from quantmesh.runtime.server import ServiceRuntime
 from quantmesh.services.marketdata.config import MarketDataSettings
@@ -91,15 +98,6 @@ async def marketdata(mesh: tuple[MeshPolicy, Path]) -> AsyncIterator[ServiceRunt
     await runtime.stop(grace=0.2)
 
 
-def credentials(pki: Path, identity: str) -> grpc.ChannelCredentials:
-    folder = pki / identity
-    return grpc.ssl_channel_credentials(
-        root_certificates=(folder / "ca.pem").read_bytes(),
-        private_key=(folder / "key.pem").read_bytes(),
-        certificate_chain=(folder / "cert.pem").read_bytes(),
-    )
-
-
 async def list_symbols(address: str, creds: grpc.ChannelCredentials | None) -> list[str]:
     channel = (
         grpc.aio.secure_channel(address, creds)
@@ -117,7 +115,7 @@ async def test_a_granted_identity_gets_through_the_mesh(
 ) -> None:
     policy, pki = mesh
     address = f"127.0.0.1:{policy.services['marketdata'].mesh_port}"
-    assert await list_symbols(address, credentials(pki, "features")) == ["EURUSD"]
+    assert await list_symbols(address, channel_credentials(pki, "features")) == ["EURUSD"]
 
 
 async def test_a_method_the_policy_does_not_grant_is_permission_denied(
@@ -126,12 +124,12 @@ async def test_a_method_the_policy_does_not_grant_is_permission_denied(
     policy, pki = mesh
     address = f"127.0.0.1:{policy.services['marketdata'].mesh_port}"
     request = marketdata_pb2.GetSymbolInfoRequest(symbol="EURUSD")
-    async with grpc.aio.secure_channel(address, credentials(pki, "features")) as channel:
+    async with grpc.aio.secure_channel(address, channel_credentials(pki, "features")) as channel:
         stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as denied:
             await stub.GetSymbolInfo(request, timeout=5)
         assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
-    async with grpc.aio.secure_channel(address, credentials(pki, "edge")) as channel:
+    async with grpc.aio.secure_channel(address, channel_credentials(pki, "edge")) as channel:
         stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
         info = await stub.GetSymbolInfo(request, timeout=5)
         assert info.info.name == "EURUSD"
@@ -153,16 +151,10 @@ async def test_a_certificate_of_another_ca_is_refused(
     policy, pki = mesh
     stranger_ca = create_dev_ca()
     stranger = issue_service_certificate(stranger_ca, "features")
-    from cryptography.hazmat.primitives import serialization
-
     creds = grpc.ssl_channel_credentials(
         root_certificates=(pki / "ca.pem").read_bytes(),
-        private_key=stranger.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        certificate_chain=stranger.certificate.public_bytes(serialization.Encoding.PEM),
+        private_key=private_key_pem(stranger.private_key),
+        certificate_chain=certificate_pem(stranger.certificate),
     )
     address = f"127.0.0.1:{policy.services['marketdata'].mesh_port}"
     with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -9,11 +9,16 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from quantmesh.mesh import direct
-from quantmesh.mesh.pki import create_dev_ca, init_pki, issue_service_certificate
+from quantmesh.mesh.pki import (
+    certificate_pem,
+    create_dev_ca,
+    init_pki,
+    issue_service_certificate,
+    private_key_pem,
+)
 from quantmesh.mesh.policy import load_policy
 from quantmesh.services.marketdata.core import MarketData
 from quantmesh.services.marketdata.servicer import MarketDataServicer
@@ -98,12 +103,8 @@ async def test_plaintext_and_a_foreign_ca_are_refused(server: tuple[str, Path, D
     stranger = issue_service_certificate(create_dev_ca(), "features")
     creds = grpc.ssl_channel_credentials(
         root_certificates=(pki / "ca.pem").read_bytes(),
-        private_key=stranger.private_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        certificate_chain=stranger.certificate.public_bytes(serialization.Encoding.PEM),
+        private_key=private_key_pem(stranger.private_key),
+        certificate_chain=certificate_pem(stranger.certificate),
     )
     async with grpc.aio.secure_channel(address, creds) as foreign:
         with pytest.raises(grpc.aio.AioRpcError) as refused:

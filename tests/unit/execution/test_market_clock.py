@@ -30,8 +30,6 @@ def columns() -> TickColumns:
 class SlowEngine:
     """Stands in for the engine: records each slice and can be held mid-work."""
 
-    account_id = "paper"
-
     def __init__(self) -> None:
         self.slices: list[tuple[int, int]] = []
         self.working = threading.Event()
@@ -42,12 +40,6 @@ class SlowEngine:
         self.working.set()
         self.release.wait(5)
         return []
-
-    def account(self) -> Any:
-        class Account:
-            equity = 0
-
-        return Account()
 
 
 async def test_a_grant_during_work_is_not_reported_as_done() -> None:
