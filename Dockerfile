@@ -1,4 +1,5 @@
-# One image for every quantmesh service; compose picks the service with `serve <name>`.
+# One image for every quantmesh service; compose picks the service with `serve <name>`,
+# and runs the mesh's one-shot jobs (`pki init`, `mesh envoy`) from it too.
 FROM python:3.11-slim
 
 WORKDIR /app
@@ -15,8 +16,14 @@ COPY observability observability
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[train]" \
     && rm -rf /app/*
 
-# Services run unprivileged; the registry volume is theirs.
+# Everything runs unprivileged as uid 10001, Envoy included (compose sets `user:`). Each
+# folder a named volume mounts is created here, owned by 10001: Docker gives an empty
+# named volume the owner and mode of the image's folder at its first mount, so the
+# services can write their state and only uid 10001 can read the mesh's private keys.
 RUN mkdir -p /var/lib/quantmesh/registry /var/lib/quantmesh/execution \
-    && chown -R 10001 /var/lib/quantmesh
-USER 10001
+        /var/lib/quantmesh/risk /var/lib/quantmesh/analytics \
+        /etc/quantmesh/pki /etc/quantmesh/envoy \
+    && chown -R 10001:10001 /var/lib/quantmesh /etc/quantmesh \
+    && chmod 0700 /etc/quantmesh/pki
+USER 10001:10001
 ENTRYPOINT ["quantmesh"]

@@ -26,6 +26,7 @@ import contextlib
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from quantmesh.bench.harness import percentiles_us
 from quantmesh.bench.signal_path import _SendLog
 from quantmesh.cli.dashboard import Dashboard, latency_rows
 from quantmesh.execution.v1 import execution_pb2
-from quantmesh.mesh.launcher import PIPELINE, local_pipeline
+from quantmesh.mesh.launcher import PIPELINE, Mesh, free_port, local_pipeline
 from quantmesh.services.execution.client import ExecutionReportSubscriber
 from quantmesh.services.features.engine import FeatureEngine
 from quantmesh.services.features.schema import FeatureRows
@@ -82,12 +83,14 @@ def signal_time_ms(signal_id: str) -> int | None:
     return value >> 80
 
 
-async def _acknowledgements(address: str, count: int) -> list[tuple[str, int]]:
+async def acknowledgements(
+    open_channel: Callable[[], grpc.aio.Channel], count: int
+) -> list[tuple[str, int]]:
     """(idempotency key, arrival ns) of the first ``count`` ACCEPTED reports."""
     acks: list[tuple[str, int]] = []
 
     async def follow() -> None:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with open_channel() as channel:
             subscriber = ExecutionReportSubscriber(channel, batch_size=1)
             async for batch in subscriber.batches():
                 now = time.monotonic_ns()
@@ -102,30 +105,8 @@ async def _acknowledgements(address: str, count: int) -> list[tuple[str, int]]:
     return acks
 
 
-async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
-    log = _SendLog()
-    timed = build_runtime(MarketDataSettings(port=0), on_batch=log)
-    untimed = build_runtime(MarketDataSettings(port=0))
-    timed_port, untimed_port = await timed.start(), await untimed.start()
-    try:
-        env = (
-            ENV
-            | QUIET
-            | {
-                "QUANTMESH_FEATURES_MARKETDATA_ADDRESS": f"127.0.0.1:{timed_port}",
-                "QUANTMESH_FEATURES_TICK_SPEED": str(SPEED),
-                "QUANTMESH_DECISION_MARKETDATA_ADDRESS": f"127.0.0.1:{timed_port}",
-                "QUANTMESH_EXECUTION_MARKETDATA_ADDRESS": f"127.0.0.1:{untimed_port}",
-            }
-        )
-        services = ("features", "inference", "decision", "execution", "risk")
-        with local_pipeline(home, services=services, env=env, metrics=True) as running:
-            acks = await _acknowledgements(running["execution"].address, ORDERS + WARMUP_ORDERS)
-            dashboard = Dashboard(running)
-            stages = latency_rows(dashboard.refresh())
-    finally:
-        await timed.stop(grace=0.2)
-        await untimed.stop(grace=0.2)
+def latencies_of(acks: list[tuple[str, int]], log: _SendLog) -> list[int]:
+    """Each acknowledgement's latency (ns) from the send of the tick that closed its bar."""
     closing = _bar_closing_seqs()
     latencies = []
     for key, arrived_ns in acks[WARMUP_ORDERS:]:
@@ -134,14 +115,48 @@ async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
         sent_ns = log.last_send_ns(seq) if seq is not None else None
         if sent_ns is not None:
             latencies.append(arrived_ns - sent_ns)
+    return latencies
+
+
+async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
+    log = _SendLog()
+    port = free_port()
+    timed = build_runtime(MarketDataSettings(port=port), on_batch=log)
+    untimed = build_runtime(MarketDataSettings(port=0))
+    await timed.start()
+    untimed_port = await untimed.start()
+    try:
+        env = (
+            ENV
+            | QUIET
+            | {
+                "QUANTMESH_FEATURES_TICK_SPEED": str(SPEED),
+                "QUANTMESH_EXECUTION_MARKETDATA_ADDRESS": f"127.0.0.1:{untimed_port}",
+            }
+        )
+        services = ("features", "inference", "decision", "execution", "risk")
+        with local_pipeline(
+            home, services=services, env=env, metrics=True, external={"marketdata": port}
+        ) as running:
+            acks = await acknowledgements(
+                lambda: grpc.aio.insecure_channel(running["execution"].address),
+                ORDERS + WARMUP_ORDERS,
+            )
+            dashboard = Dashboard(running)
+            stages = latency_rows(dashboard.refresh())
+    finally:
+        await timed.stop(grace=0.2)
+        await untimed.stop(grace=0.2)
     stage_figures = {stage: {"p50_ms": p50, "p99_ms": p99} for stage, p50, p99 in stages}
-    return latencies, stage_figures
+    return latencies_of(acks, log), stage_figures
 
 
-def _replay_everything(home: Path, ticks_per_bar: int) -> dict[str, Any]:
+def replay_everything(home: Path, ticks_per_bar: int, mesh: Mesh = "plaintext") -> dict[str, Any]:
     """Run every service over the whole replay as fast as possible, as ``up --until-end``."""
     env = ENV | QUIET | {"QUANTMESH_MARKETDATA_MEAN_TICKS_PER_BAR": str(ticks_per_bar)}
-    with local_pipeline(home, services=tuple(PIPELINE), env=env, metrics=True) as running:
+    with local_pipeline(
+        home, services=tuple(PIPELINE), env=env, metrics=True, mesh=mesh
+    ) as running:
         # The replay starts when risk, the last link of the chain, subscribes.
         started = running["risk"].serving_since
         dashboard = Dashboard(running)
@@ -150,11 +165,19 @@ def _replay_everything(home: Path, ticks_per_bar: int) -> dict[str, Any]:
             dashboard.refresh()
             if dashboard.replay_done:
                 break
-            for name, process in running.items():
+            for process in running.supervised():
                 if process.exited:  # a benchmark reports a crash, it does not hide it
-                    raise RuntimeError(f"{name} exited during the replay:\n{process.logs()}")
+                    raise RuntimeError(
+                        f"{process.name} exited during the replay:\n{process.logs()}"
+                    )
         elapsed = (dashboard.finished_at or time.monotonic()) - started
         peak = {name: process.peak_rss_mb() for name, process in running.items()}
+        proxies = list(running.proxies.values())
+        proxy_memory = {
+            "proxies": len(proxies),
+            "proxies_peak_rss_mb": round(sum(p.peak_rss_mb() for p in proxies), 1),
+            "proxies_pss_mb": round(sum(p.pss_mb() for p in proxies), 1),
+        }
     return {
         "ticks_per_bar": ticks_per_bar,
         "ticks": int(dashboard.ticks),
@@ -164,6 +187,7 @@ def _replay_everything(home: Path, ticks_per_bar: int) -> dict[str, Any]:
         "finished": dashboard.replay_done,
         "peak_rss_mb": {name: round(mb, 1) for name, mb in peak.items()},
         "total_peak_rss_mb": round(sum(peak.values()), 1),
+        **(proxy_memory if proxies else {}),
     }
 
 
@@ -176,7 +200,7 @@ def run() -> dict[str, Any]:
         for home in homes:
             register_tiny_model(ModelRegistry(home / "registry"), MODEL_NAME, model, ["champion"])
         latencies, stages = asyncio.run(_measure_latency(homes[0]))
-        replays = [_replay_everything(h, n) for h, n in zip(homes[1:], TICKS_PER_BAR, strict=True)]
+        replays = [replay_everything(h, n) for h, n in zip(homes[1:], TICKS_PER_BAR, strict=True)]
     short, long = replays
     growth = long["total_peak_rss_mb"] / short["total_peak_rss_mb"] - 1
     row = {"path": "tick → order acknowledged (6 services)", "orders": len(latencies)}

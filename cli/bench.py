@@ -18,7 +18,7 @@ _out = Console()
 
 
 def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
-    from quantmesh.bench import features, inference, marketdata, order_path, signal_path
+    from quantmesh.bench import features, inference, marketdata, mesh, order_path, signal_path
 
     return {
         "marketdata": marketdata.run,
@@ -26,6 +26,7 @@ def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
         "inference": inference.run,
         "signal_path": signal_path.run,
         "order_path": order_path.run,
+        "mesh": mesh.run,
     }
 
 

@@ -130,6 +130,20 @@ def rotate(
         _out.print("nothing to renew")
 
 
+@app.command("ensure")
+def ensure(directory: DirOption = None) -> None:
+    """Make the PKI ready for a run: create a dev CA if there is none (an existing CA,
+    yours or a previous one, is kept), then issue every missing certificate and renew
+    those due. What `quantmesh up` and the compose stack's mesh-init do."""
+    target = directory if directory is not None else _default_dir()
+    try:
+        issued = pki.ensure_pki(target)
+    except (ValueError, OSError) as error:
+        raise _fail(str(error)) from None
+    done = ", ".join(issued) or "nothing"
+    _out.print(f"PKI ready in {target}; issued or renewed: {done}", soft_wrap=True)
+
+
 @app.command("show")
 def show(directory: DirOption = None) -> None:
     """List each service's SPIFFE id, expiry, and whether it chains to the CA."""

@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from quantmesh.mesh.transport import MeshConfigError, set_identity
 from quantmesh.runtime.config import format_config_error
 from quantmesh.runtime.logging import configure_logging
 from quantmesh.runtime.server import ServiceRuntime, StartupError
@@ -39,9 +40,10 @@ def _serve(
     except (ValueError, OSError) as error:
         _err.print(f"[red]invalid configuration: {error}[/red]")
         raise typer.Exit(2) from None
+    set_identity(runtime.name)  # its certificate, when the mesh is proxyless
     try:
         asyncio.run(runtime.run_until_signal())
-    except StartupError as error:
+    except (StartupError, MeshConfigError) as error:
         _err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
 

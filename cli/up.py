@@ -2,11 +2,13 @@
 
 It trains a model if the registry has no champion yet, then starts every pipeline
 service as its own supervised process (marketdata → features → inference → decision →
-risk → execution, and analytics beside them), replays the shipped EUR/USD year
-through them and shows a live view of ticks/s, signals, orders, fills, equity and stage
-latencies. A service that crashes is restarted on the same port; its peers resume
-their streams from where they stopped. Ctrl-C stops risk first, so no order is in
-flight when execution drains; every order is already on disk.
+risk → execution, and analytics beside them), each behind its own Envoy sidecar with
+mutual TLS and the mesh policy's RBAC, and the edge proxy for outside callers. It
+replays the shipped EUR/USD year through them and shows a live view of ticks/s,
+signals, orders, fills, equity and stage latencies. A service or proxy that crashes is
+restarted on the same port; its peers resume their streams from where they stopped.
+Ctrl-C stops risk first, so no order is in flight when execution drains; every order is
+already on disk.
 
 State lives under ``QUANTMESH_HOME`` (``./var``): running ``up`` again continues the
 replay where it stopped; ``--fresh`` starts a new run (the model is kept).
@@ -22,10 +24,10 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import grpc
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -34,7 +36,7 @@ from rich.table import Table
 from quantmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from quantmesh.cli.dashboard import Dashboard, latency_rows
 from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
-from quantmesh.mesh.launcher import PIPELINE, ServiceProcess, local_pipeline
+from quantmesh.mesh.launcher import PIPELINE, RunningPipeline, ServiceProcess, local_pipeline
 from quantmesh.runtime.config import quantmesh_home
 from quantmesh.runtime.errors import NotFound
 from quantmesh.services.execution.convert import money_from_proto as money
@@ -42,23 +44,24 @@ from quantmesh.services.registry.core import ModelRegistry
 
 _out = Console()
 
-# The seed's ports where it had one (DESIGN.md), so users find services where they expect.
-DEFAULT_PORTS = {
-    "marketdata": 8001,
-    "features": 8002,
-    "decision": 8003,
-    "risk": 8004,
-    "inference": 8006,
-    "execution": 8007,
-    "analytics": 8008,
-}
 MODEL_NAME = "eurusd-h1-direction"
 ACCOUNT = "paper"
 # Per-run state; the registry (the trained model) is kept across runs.
 RUN_FOLDERS = ("execution", "risk", "analytics")
 # The replay is history: execution trades at each signal's moment (services/execution/clock.py).
 UP_ENV = {"QUANTMESH_EXECUTION_CLOCK": "pipeline"}
-PROGRESS_SECONDS = 5.0  # a progress line this often without the live view
+PROGRESS_SECONDS = 5.0
+
+
+class MeshChoice(StrEnum):
+    """How services reach each other (quantmesh.mesh.launcher.local_pipeline)."""
+
+    envoy = "envoy"
+    direct = "direct"
+    plaintext = "plaintext"
+
+
+# a progress line this often without the live view
 
 
 def up(
@@ -70,35 +73,68 @@ def up(
         bool, typer.Option("--fresh", help="Start a new run: clear orders, risk and analytics.")
     ] = False,
     free_ports: Annotated[
-        bool, typer.Option("--free-ports", help="Use free ports instead of 8001-8008.")
+        bool,
+        typer.Option(
+            "--free-ports",
+            help="Use free ports instead of the policy's (services 8001-8008, "
+            "proxies 9001-9008, edge 9443).",
+        ),
     ] = False,
     view: Annotated[bool, typer.Option("--view/--no-view", help="Show the live view.")] = True,
+    mesh: Annotated[
+        MeshChoice,
+        typer.Option(
+            help="envoy: every hop through Envoy sidecars over mutual TLS, outside callers "
+            "through the edge; direct: gRPC's own mutual TLS, no proxies; plaintext: "
+            "loopback only, no identities (debugging)."
+        ),
+    ] = MeshChoice.envoy,
 ) -> None:
     """Start the platform and replay the shipped EUR/USD year through it."""
     home = quantmesh_home()
     _ensure_champion(home)
     _prepare_run(home, fresh)
-    ports = None if free_ports else DEFAULT_PORTS
     with ExitStack() as stack:
         with _out.status("starting " + ", ".join(PIPELINE) + " …"):
             try:
                 pipeline = local_pipeline(
-                    home, services=tuple(PIPELINE), env=UP_ENV, ports=ports, metrics=True
+                    home,
+                    services=tuple(PIPELINE),
+                    env=UP_ENV,
+                    policy_ports=not free_ports,
+                    metrics=True,
+                    mesh=mesh.value,
                 )
                 running = stack.enter_context(pipeline)
-            except (RuntimeError, TimeoutError) as error:
+            except (RuntimeError, TimeoutError, FileNotFoundError) as error:
                 _out.print(f"[red]the platform did not start: {error}[/red]")
                 raise typer.Exit(2) from None
         stack.callback(_out.print, "stopped: every service drained and exited")
-        for name, process in running.items():
-            _out.print(f"[green]{name:<10}[/green] {process.address} (pid {process.pid})")
+        _print_topology(running)
         dashboard = Dashboard(running)
         try:
-            _supervise(dashboard, until_end, view, lambda: _summary(running, dashboard, home))
+            _supervise(
+                dashboard, running, until_end, view, lambda: _summary(running, dashboard, home)
+            )
         except KeyboardInterrupt:
             _out.print(
                 "Ctrl-C: stopping every service (risk before execution); every order is on disk"
             )
+
+
+def _print_topology(running: RunningPipeline) -> None:
+    for name, process in running.items():
+        sidecar = running.proxies.get(name)
+        through = f", its Envoy on :{sidecar.listens_on[0]}" if sidecar is not None else ""
+        _out.print(f"[green]{name:<10}[/green] {process.address} (pid {process.pid}{through})")
+    if running.mesh == "envoy":
+        pki = running.pki
+        _out.print(
+            f"[green]{'edge':<10}[/green] 127.0.0.1:{running.edge_port}: mutual TLS; call it "
+            f"with {pki}/client/cert.pem and key.pem (README: grpcurl through the edge)"
+        )
+    elif running.mesh == "direct":
+        _out.print(f"proxyless mutual TLS: certificates in {running.pki}")
 
 
 def _prepare_run(home: Path, fresh: bool) -> None:
@@ -112,7 +148,11 @@ def _prepare_run(home: Path, fresh: bool) -> None:
 
 
 def _supervise(
-    dashboard: Dashboard, until_end: bool, view: bool, on_done: Callable[[], None]
+    dashboard: Dashboard,
+    running: RunningPipeline,
+    until_end: bool,
+    view: bool,
+    on_done: Callable[[], None],
 ) -> None:
     """Refresh the view and restart crashed services until Ctrl-C, or until the replay
     ends with ``until_end``; ``on_done`` runs once when the replay has finished."""
@@ -123,8 +163,9 @@ def _supervise(
         while True:
             time.sleep(0.5)
             dashboard.refresh()
-            for name, process in dashboard.services.items():
+            for process in running.supervised():
                 if process.exited:
+                    name = process.name
                     code = process.process.returncode if process.process else None
                     _note(dashboard, live, f"{name} exited ({code}); restarting it")
                     try:
@@ -132,7 +173,10 @@ def _supervise(
                     except (RuntimeError, TimeoutError) as error:
                         _note(dashboard, live, f"{name} did not come back: {error}")
                     else:
-                        _note(dashboard, live, f"{name} is back on {process.address}")
+                        where = (
+                            f" on {process.address}" if isinstance(process, ServiceProcess) else ""
+                        )
+                        _note(dashboard, live, f"{name} is back{where}")
             if live is not None:
                 live.update(dashboard.render())
             elif time.monotonic() - last_line > PROGRESS_SECONDS:
@@ -157,10 +201,8 @@ def _note(dashboard: Dashboard, live: Live | None, text: str) -> None:
         _out.print(f"[yellow]{text}[/yellow]")
 
 
-def _summary(running: dict[str, ServiceProcess], dashboard: Dashboard, home: Path) -> None:
-    account, performance, report, states = asyncio.run(
-        _results(running["execution"].address, running["analytics"].address)
-    )
+def _summary(running: RunningPipeline, dashboard: Dashboard, home: Path) -> None:
+    account, performance, report, states = asyncio.run(_results(running))
     path = home / "report.html"
     path.write_bytes(report.content)
     table = Table(title="replay finished", show_header=False)
@@ -220,7 +262,7 @@ async def _order_states(
 
 
 async def _results(
-    execution_address: str, analytics_address: str
+    running: RunningPipeline,
 ) -> tuple[
     execution_pb2.Account,
     analytics_pb2.Performance,
@@ -228,8 +270,8 @@ async def _results(
     Counter[str],
 ]:
     async with (
-        grpc.aio.insecure_channel(execution_address) as execution_channel,
-        grpc.aio.insecure_channel(analytics_address) as analytics_channel,
+        running.channel("execution") as execution_channel,
+        running.channel("analytics") as analytics_channel,
     ):
         execution = execution_pb2_grpc.ExecutionServiceStub(execution_channel)
         analytics = analytics_pb2_grpc.AnalyticsServiceStub(analytics_channel)

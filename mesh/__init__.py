@@ -1,4 +1,7 @@
-"""The zero-trust mesh: Envoy config generation, the dev CA, SPIFFE ids and RBAC policy.
+"""The zero-trust mesh: the policy, the PKI, Envoy's configurations and proxyless mTLS.
 
-Empty until the mesh issue lands; services listen on loopback only until then.
+``policy.yaml`` says who runs where and who may call what; ``pki`` issues SPIFFE
+certificates; ``envoy`` renders every sidecar and the edge from the policy;
+``transport`` secures a service's own traffic (plaintext behind its sidecar, or
+proxyless mutual TLS with ``direct``'s policy check); ``launcher`` runs it all locally.
 """

@@ -327,6 +327,11 @@ def _authority_key_identifier(ca_certificate: x509.Certificate) -> x509.Authorit
     return x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
 
 
+def service_host_name(service: str) -> str:
+    """The DNS name in ``service``'s certificate that proxyless clients verify."""
+    return f"{service}.{TRUST_DOMAIN}"
+
+
 def issue_service_certificate(
     ca: CertificateAuthority,
     service: str,
@@ -336,11 +341,12 @@ def issue_service_certificate(
 ) -> IssuedCertificate:
     """A short-lived X.509-SVID for ``service``, signed by ``ca``.
 
-    The only URI SAN is the SPIFFE id, which is what peers authorise on. DNS ``localhost``
-    and IP ``127.0.0.1`` are there too so that loopback TLS clients (grpcurl, grpc
-    channels to ``localhost``) can verify the server by host name. The certificate serves
-    both ends of mutual TLS (serverAuth and clientAuth), is never a CA, and does not
-    outlive the CA that signed it.
+    The only URI SAN is the SPIFFE id, which is what peers authorise on. The DNS name
+    ``<service>.quantmesh.local`` lets a proxyless gRPC client check which service it
+    reached (gRPC verifies host names, not URI SANs); DNS ``localhost`` and IP
+    ``127.0.0.1`` let loopback TLS clients (grpcurl) verify the server by host name. The
+    certificate serves both ends of mutual TLS (serverAuth and clientAuth), is never a
+    CA, and does not outlive the CA that signed it.
     """
     if lifetime <= timedelta(0) or lifetime > MAX_SERVICE_LIFETIME:
         raise ValueError(
@@ -372,6 +378,7 @@ def issue_service_certificate(
             x509.SubjectAlternativeName(
                 [
                     x509.UniformResourceIdentifier(identity),
+                    x509.DNSName(service_host_name(service)),
                     x509.DNSName("localhost"),
                     x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
                 ]
@@ -673,7 +680,11 @@ def rotate(
             current: x509.Certificate | None = load_certificate(cert_path)
         except ValueError:
             current = None
-        if current is None or not chains_to(current, authority.certificate):
+        if (
+            current is None
+            or not chains_to(current, authority.certificate)
+            or service_host_name(service) not in _dns_names_of(current)
+        ):
             issue_into(directory, authority, service, now=moment)
             renewed.append(service)
             continue
@@ -683,6 +694,25 @@ def rotate(
             issue_into(directory, authority, service, lifetime=lifetime, now=moment)
             renewed.append(service)
     return renewed
+
+
+def _dns_names_of(certificate: x509.Certificate) -> list[str]:
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return names.value.get_values_for_type(x509.DNSName)
+
+
+def ensure_pki(directory: Path, services: Sequence[str] = DEFAULT_SERVICES) -> list[str]:
+    """Make ``directory`` ready for a run: a dev PKI if it has none, else renew what is due.
+
+    Returns the services that got a new certificate.
+    """
+    if not (directory / CA_CERT_FILE).exists():
+        init_pki(directory, services)
+        return list(services)
+    return rotate(directory, services)
 
 
 def inspect(directory: Path, *, now: datetime | None = None) -> PkiReport:

@@ -52,6 +52,15 @@ class ServicePolicy(BaseModel):
     grants: dict[str, tuple[str, ...]] = Field(default_factory=dict)
 
 
+class EdgePolicy(BaseModel):
+    """The edge listener: where external clients connect, and which identities may."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: int = Field(ge=1, le=65535, description="Port of the public TLS listener.")
+    clients: tuple[str, ...] = Field(min_length=1, description="External identities admitted.")
+
+
 class MeshPolicy(BaseModel):
     """The whole policy file."""
 
@@ -61,6 +70,7 @@ class MeshPolicy(BaseModel):
     external: dict[str, str] = Field(default_factory=dict)
     everyone: tuple[str, ...] = ()
     services: dict[str, ServicePolicy]
+    edge: EdgePolicy
 
     @model_validator(mode="after")
     def _consistent(self) -> MeshPolicy:
@@ -167,6 +177,13 @@ def _problems(policy: MeshPolicy) -> Iterator[str]:
                     yield f"{name} grants {pattern!r} to unknown identity {caller!r}"
                 elif caller in policy.services and name not in policy.services[caller].calls:
                     yield f"{name} grants {pattern!r} to {caller}, which does not call {name}"
+    if "edge" not in policy.external:
+        yield "the edge listener needs `edge` among the external identities"
+    for client in policy.edge.clients:
+        if client not in policy.external or client == "edge":
+            yield f"edge client {client!r} is not an external identity (add it to `external`)"
+    if policy.edge.port in ports:
+        yield f"edge.port {policy.edge.port} is already {ports[policy.edge.port]}"
     for pattern in policy.everyone:
         if not any(fnmatch.fnmatchcase(method, pattern) for method in known):
             yield f"everyone is granted {pattern!r}, which matches no method of the contracts"

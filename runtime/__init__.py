@@ -1,6 +1,5 @@
-"""The service runtime every quantmesh service shares: config, logging and the grpc.aio server."""
+"""The service runtime every quantmesh service shares: config, logging and the grpc.aio server.
 
-from quantmesh.runtime.config import ServiceSettings, format_config_error
-from quantmesh.runtime.server import ServiceRuntime, StartupError
-
-__all__ = ["ServiceRuntime", "ServiceSettings", "StartupError", "format_config_error"]
+Import from the modules (``quantmesh.runtime.server``, ``.config``, …): this package
+imports nothing, so the mesh can use its logging without a cycle through the server.
+"""

@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from quantmesh.mesh import transport
 from quantmesh.runtime.config import ServiceSettings
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.metrics import serve_metrics
@@ -81,14 +82,16 @@ class ServiceRuntime:
 
     async def start(self) -> int:
         """Bind, start serving and return the bound port."""
-        server = grpc.aio.server(interceptors=self._interceptors, options=_SERVER_OPTIONS)
+        # The mesh's policy check (proxyless mode) runs before any service interceptor.
+        interceptors = [*transport.server_interceptors(), *self._interceptors]
+        server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
         self._register(server, self.shutdown)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
         try:
-            port = server.add_insecure_port(self.settings.address)
+            port = transport.add_port(server, self.settings.address)
         except RuntimeError as error:
             raise StartupError(self._bind_failure()) from error
         if port == 0:

@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
+from quantmesh.mesh.transport import open_channel
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.metrics import MARKET_TIME, REPLAY_FINISHED, TICKS
 from quantmesh.runtime.subscriber import StreamDroppedError
@@ -91,7 +92,7 @@ async def record_reports(
         pause = RETRY_SECONDS
         from_seq = await asyncio.to_thread(store.report_cursor) + 1
         try:
-            async with grpc.aio.insecure_channel(execution_address) as channel:
+            async with open_channel(execution_address, "execution") as channel:
                 subscriber = ExecutionReportSubscriber(channel, from_seq, batch_size)
                 async for batch in subscriber.batches():
                     fills = [f for r in batch.reports if (f := fill_of_report(r)) is not None]
@@ -124,7 +125,7 @@ async def record_marks(
     while not shutdown.is_set():
         pause = RETRY_SECONDS
         try:
-            async with grpc.aio.insecure_channel(marketdata_address) as channel:
+            async with open_channel(marketdata_address, "marketdata") as channel:
                 stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
                 listing = await stub.ListSymbols(marketdata_pb2.ListSymbolsRequest(), timeout=10)
                 served = sorted({info.name for info in listing.symbols} & set(symbols))

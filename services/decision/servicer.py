@@ -11,6 +11,7 @@ import grpc
 
 from quantmesh.decision.v1 import decision_pb2, decision_pb2_grpc
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
+from quantmesh.mesh.transport import open_channel
 from quantmesh.runtime.errors import NotFound, Unavailable, abort_on_domain_error
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
@@ -67,9 +68,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             _log.info("subscribed", peer=peer, symbols=request.symbols, from_seq=request.from_seq)
             try:
                 async with (
-                    grpc.aio.insecure_channel(settings.marketdata_address) as marketdata,
-                    grpc.aio.insecure_channel(settings.features_address) as features,
-                    grpc.aio.insecure_channel(settings.inference_address) as inference,
+                    open_channel(settings.marketdata_address, "marketdata") as marketdata,
+                    open_channel(settings.features_address, "features") as features,
+                    open_channel(settings.inference_address, "inference") as inference,
                 ):
                     digits = await self._digits(marketdata, request.symbols)
                     symbols = sorted(digits)

@@ -19,6 +19,7 @@ import numpy as np
 
 from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
+from quantmesh.mesh.transport import open_channel
 from quantmesh.runtime.errors import InvalidArgument, NotFound, abort_on_domain_error
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.metrics import (
@@ -260,7 +261,7 @@ async def tick_feed(
     equity_shown = 0.0  # monotonic time the equity gauge was last refreshed
     while not shutdown.is_set():
         try:
-            async with grpc.aio.insecure_channel(marketdata_address) as channel:
+            async with open_channel(marketdata_address, "marketdata") as channel:
                 stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
                 listing = await stub.ListSymbols(marketdata_pb2.ListSymbolsRequest(), timeout=10)
                 served = sorted({info.name for info in listing.symbols} & set(symbols))

@@ -10,6 +10,7 @@ import grpc
 
 from quantmesh.features.v1 import features_pb2, features_pb2_grpc
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
+from quantmesh.mesh.transport import open_channel
 from quantmesh.runtime.errors import Unavailable, abort_on_domain_error
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
@@ -47,7 +48,7 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
             if subscription is None:
                 return
             peer = context.peer()  # read now: a cancelled call can no longer tell
-            async with grpc.aio.insecure_channel(self._settings.marketdata_address) as channel:
+            async with open_channel(self._settings.marketdata_address, "marketdata") as channel:
                 plan = await self._plan(channel, subscription)
                 flow = CreditFlow.starting_at(plan.from_seq, plan.initial_credit)
                 reader = asyncio.create_task(read_controls(request_iterator, flow))

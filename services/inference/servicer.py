@@ -23,6 +23,7 @@ from quantmesh.inference.v1 import (
     open_inference_pb2,
     open_inference_pb2_grpc,
 )
+from quantmesh.mesh.transport import open_channel
 from quantmesh.runtime.errors import (
     DomainError,
     FailedPrecondition,
@@ -200,7 +201,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             _log.info("subscribed", peer=peer, models=plan.model_names, from_seq=plan.from_seq)
             address = self._features_address
             try:
-                async with grpc.aio.insecure_channel(address) as channel:
+                async with open_channel(address, "features") as channel:
                     subscriber = FeatureSubscriber(
                         channel,
                         plan.symbols,

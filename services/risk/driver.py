@@ -41,6 +41,7 @@ import grpc
 from quantmesh.common.v1 import common_pb2
 from quantmesh.decision.v1 import decision_pb2
 from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
+from quantmesh.mesh.transport import open_channel
 from quantmesh.risk.v1 import risk_pb2
 from quantmesh.runtime.errors import DomainError
 from quantmesh.runtime.logging import get_logger
@@ -259,8 +260,8 @@ class RiskDriver:
         while not shutdown.is_set():
             try:
                 async with (
-                    grpc.aio.insecure_channel(self.decision_address) as decision,
-                    grpc.aio.insecure_channel(self.execution_address) as channel,
+                    open_channel(self.decision_address, "decision") as decision,
+                    open_channel(self.execution_address, "execution") as channel,
                 ):
                     execution = execution_pb2_grpc.ExecutionServiceStub(channel)
                     subscriber = SignalSubscriber(

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from quantmesh.execution.v1 import execution_pb2_grpc
+from quantmesh.mesh.transport import open_channel
 from quantmesh.risk.v1 import risk_pb2_grpc
 from quantmesh.runtime.server import ServiceRuntime
 from quantmesh.services.risk.config import KNOWN_SYMBOLS, RiskSettings
@@ -56,7 +57,7 @@ def build(settings: RiskSettings) -> RiskService:
     def register(server: grpc.aio.Server, shutdown: asyncio.Event) -> None:
         # The queries' channel to execution; the driver opens its own, so that its
         # reconnects never disturb a query in flight.
-        channel = grpc.aio.insecure_channel(settings.execution_address)
+        channel = open_channel(settings.execution_address, "execution")
         channels.append(channel)
         risk_pb2_grpc.add_RiskServiceServicer_to_server(
             RiskServicer(

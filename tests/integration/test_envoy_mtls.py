@@ -12,38 +12,31 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from quantmesh.mesh.direct import channel_credentials
-from quantmesh.mesh.envoy import envoy_binary, write_sidecar_configs
+from quantmesh.mesh.envoy import MeshLayout, envoy_binary, write_sidecar_configs
 from quantmesh.mesh.launcher import free_port
 from quantmesh.mesh.pki import (
     certificate_pem,
     create_dev_ca,
     init_pki,
     issue_service_certificate,
+    load_ca_for_dir,
     private_key_pem,
 )
-from quantmesh.mesh.policy import MeshPolicy, load_policy
+from quantmesh.mesh.policy import load_policy
 from quantmesh.runtime.server import ServiceRuntime
 from quantmesh.services.marketdata.config import MarketDataSettings
 from quantmesh.services.marketdata.service import build_runtime
 from quantmesh.services.marketdata.sources import ReplaySource
 
 pytestmark = pytest.mark.slow
-
-
-def on_free_ports(policy: MeshPolicy) -> MeshPolicy:
-    """The shipped policy with every port moved to a free one (tests run side by side)."""
-    document: dict[str, Any] = policy.model_dump()
-    for service in document["services"].values():
-        service["port"], service["mesh_port"] = free_port(), free_port()
-    return MeshPolicy.model_validate(document)
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -59,12 +52,12 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshPolicy, Path]]:
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshLayout, Path]]:
     root = tmp_path_factory.mktemp("mesh")
-    policy = on_free_ports(load_policy())
+    layout = MeshLayout.on_free_ports(load_policy(), free_port)
     pki = root / "pki"
     init_pki(pki, ["marketdata", "features", "edge"])
-    configs = write_sidecar_configs(policy, pki, root / "envoy")
+    configs = write_sidecar_configs(layout, pki, root / "envoy")
     log = (root / "envoy.log").open("wb")
     envoy = subprocess.Popen(
         [
@@ -80,8 +73,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshPolicy,
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for_port(policy.services["marketdata"].mesh_port, envoy)
-        yield policy, pki
+        wait_for_port(layout.mesh_ports["marketdata"], envoy)
+        yield layout, pki
     finally:
         envoy.terminate()
         envoy.wait(timeout=10)
@@ -89,9 +82,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MeshPolicy,
 
 
 @pytest.fixture
-async def marketdata(mesh: tuple[MeshPolicy, Path]) -> AsyncIterator[ServiceRuntime]:
-    policy, _ = mesh
-    port = policy.services["marketdata"].port
+async def marketdata(mesh: tuple[MeshLayout, Path]) -> AsyncIterator[ServiceRuntime]:
+    layout, _ = mesh
+    port = layout.service_ports["marketdata"]
     runtime = build_runtime(MarketDataSettings(port=port), source=ReplaySource.eurusd())
     await runtime.start()
     yield runtime
@@ -111,18 +104,18 @@ async def list_symbols(address: str, creds: grpc.ChannelCredentials | None) -> l
 
 
 async def test_a_granted_identity_gets_through_the_mesh(
-    mesh: tuple[MeshPolicy, Path], marketdata: ServiceRuntime
+    mesh: tuple[MeshLayout, Path], marketdata: ServiceRuntime
 ) -> None:
-    policy, pki = mesh
-    address = f"127.0.0.1:{policy.services['marketdata'].mesh_port}"
+    layout, pki = mesh
+    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
     assert await list_symbols(address, channel_credentials(pki, "features")) == ["EURUSD"]
 
 
 async def test_a_method_the_policy_does_not_grant_is_permission_denied(
-    mesh: tuple[MeshPolicy, Path], marketdata: ServiceRuntime
+    mesh: tuple[MeshLayout, Path], marketdata: ServiceRuntime
 ) -> None:
-    policy, pki = mesh
-    address = f"127.0.0.1:{policy.services['marketdata'].mesh_port}"
+    layout, pki = mesh
+    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
     request = marketdata_pb2.GetSymbolInfoRequest(symbol="EURUSD")
     async with grpc.aio.secure_channel(address, channel_credentials(pki, "features")) as channel:
         stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
@@ -136,19 +129,19 @@ async def test_a_method_the_policy_does_not_grant_is_permission_denied(
 
 
 async def test_plaintext_is_refused(
-    mesh: tuple[MeshPolicy, Path], marketdata: ServiceRuntime
+    mesh: tuple[MeshLayout, Path], marketdata: ServiceRuntime
 ) -> None:
-    policy, _ = mesh
-    address = f"127.0.0.1:{policy.services['marketdata'].mesh_port}"
+    layout, _ = mesh
+    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await list_symbols(address, None)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
 async def test_a_certificate_of_another_ca_is_refused(
-    mesh: tuple[MeshPolicy, Path], marketdata: ServiceRuntime, tmp_path: Path
+    mesh: tuple[MeshLayout, Path], marketdata: ServiceRuntime, tmp_path: Path
 ) -> None:
-    policy, pki = mesh
+    layout, pki = mesh
     stranger_ca = create_dev_ca()
     stranger = issue_service_certificate(stranger_ca, "features")
     creds = grpc.ssl_channel_credentials(
@@ -156,18 +149,40 @@ async def test_a_certificate_of_another_ca_is_refused(
         private_key=private_key_pem(stranger.private_key),
         certificate_chain=certificate_pem(stranger.certificate),
     )
-    address = f"127.0.0.1:{policy.services['marketdata'].mesh_port}"
+    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await list_symbols(address, creds)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
 async def test_no_client_certificate_is_refused(
-    mesh: tuple[MeshPolicy, Path], marketdata: ServiceRuntime
+    mesh: tuple[MeshLayout, Path], marketdata: ServiceRuntime
 ) -> None:
-    policy, pki = mesh
+    layout, pki = mesh
     creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes())
-    address = f"127.0.0.1:{policy.services['marketdata'].mesh_port}"
+    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await list_symbols(address, creds)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_an_expired_certificate_of_the_mesh_ca_is_refused(
+    mesh: tuple[MeshLayout, Path], marketdata: ServiceRuntime
+) -> None:
+    layout, pki = mesh
+    ca = load_ca_for_dir(pki)
+    # Issued at the CA's first moment, for one second: long expired by now.
+    born = ca.certificate.not_valid_before_utc
+    expired = issue_service_certificate(ca, "features", lifetime=timedelta(seconds=1), now=born)
+    assert expired.certificate.not_valid_after_utc < datetime.now(UTC)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(pki / "ca.pem").read_bytes(),
+        private_key=private_key_pem(expired.private_key),
+        certificate_chain=certificate_pem(expired.certificate),
+    )
+    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await list_symbols(address, creds)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    # The same identity with a valid certificate gets in: only the expiry was refused.
+    assert await list_symbols(address, channel_credentials(pki, "features")) == ["EURUSD"]

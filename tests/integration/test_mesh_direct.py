@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
 
+from quantmesh.common.v1 import common_pb2
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
-from quantmesh.mesh import direct
+from quantmesh.mesh import direct, transport
 from quantmesh.mesh.pki import (
     certificate_pem,
     create_dev_ca,
     init_pki,
     issue_service_certificate,
     private_key_pem,
+    rotate,
 )
 from quantmesh.mesh.policy import load_policy
+from quantmesh.services.marketdata.config import MarketDataSettings
 from quantmesh.services.marketdata.core import MarketData
+from quantmesh.services.marketdata.service import build_runtime
 from quantmesh.services.marketdata.servicer import MarketDataServicer
 from quantmesh.services.marketdata.sources import ReplaySource
 
@@ -110,3 +118,56 @@ async def test_plaintext_and_a_foreign_ca_are_refused(server: tuple[str, Path, D
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await marketdata_pb2_grpc.MarketDataServiceStub(foreign).ListSymbols(request, timeout=5)
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def _served_serial(port: int, pki: Path) -> int:
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    context.check_hostname = False
+    context.load_cert_chain(pki / "features" / "cert.pem", pki / "features" / "key.pem")
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_a_proxyless_service_takes_a_rotated_certificate_without_dropping_a_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pki = tmp_path / "pki"
+    init_pki(pki, ["marketdata", "features"])
+    monkeypatch.setenv("QUANTMESH_MESH_MODE", "direct")
+    monkeypatch.setenv("QUANTMESH_MESH_PKI", str(pki))
+    monkeypatch.setenv("QUANTMESH_MESH_IDENTITY", "marketdata")
+    transport.mesh_settings.cache_clear()
+    runtime = build_runtime(MarketDataSettings(port=0), source=ReplaySource.eurusd())
+    port = await runtime.start()
+    try:
+        before = _served_serial(port, pki)
+        # Features' own channel: its certificate, and marketdata's name checked.
+        monkeypatch.setenv("QUANTMESH_MESH_IDENTITY", "features")
+        transport.mesh_settings.cache_clear()
+        async with transport.open_channel(f"127.0.0.1:{port}", "marketdata") as channel:
+            call = marketdata_pb2_grpc.MarketDataServiceStub(channel).Subscribe()
+            subscription = marketdata_pb2.Subscription(symbols=["EURUSD"], initial_credit=1)
+            await call.write(marketdata_pb2.SubscribeRequest(subscribe=subscription))
+            assert (await call.read()).batch.seq == 0
+            assert rotate(pki, renew_before=timedelta(days=365)) == ["features", "marketdata"]
+            after = _served_serial(port, pki)  # the next handshake has the new certificate
+            await call.write(marketdata_pb2.SubscribeRequest(credit=common_pb2.Credit(batches=1)))
+            assert (await call.read()).batch.seq > 0  # and the open stream still flows
+            call.cancel()
+        assert after != before
+        # A channel that expects another service refuses marketdata's certificate.
+        async with transport.open_channel(f"127.0.0.1:{port}", "execution") as wrong:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await marketdata_pb2_grpc.MarketDataServiceStub(wrong).ListSymbols(
+                    marketdata_pb2.ListSymbolsRequest(), timeout=5
+                )
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        await runtime.stop(grace=0.2)
+        transport.mesh_settings.cache_clear()

@@ -79,7 +79,7 @@ def test_ctrl_c_loses_no_order_and_up_again_finishes_the_replay(tmp_path: Path) 
     lines: list[str] = []
     for line in again.stdout:
         lines.append(line)
-        started = re.search(r"^execution\s+\S+ \(pid (\d+)\)", line)
+        started = re.search(r"^execution\s+\S+ \(pid (\d+)", line)
         if started:
             os.kill(int(started.group(1)), signal.SIGKILL)
             break

