@@ -7,6 +7,8 @@ For each way services reach each other (``quantmesh.mesh.launcher.local_pipeline
   it (market data inside this process, timed sends, a paced replay so each figure is
   one decision, not a backlog). Under Envoy, market data gets its sidecar like any
   service, and every hop of the signal path crosses two proxies;
+- **time inside each service** (each stage's own latency histogram), p50 / p99 ms, so
+  what is left of the tick-to-order figure is the hops between them;
 - **one unary hop** (features asking market data for its symbols, sequentially), which
   says what a single call costs in each mode: the tick-to-order path makes a dozen such
   hops (streams and unary calls), so this is where Envoy's extra time goes;
@@ -41,6 +43,7 @@ from quantmesh.bench.order_path import (
     replay_everything,
 )
 from quantmesh.bench.signal_path import _SendLog
+from quantmesh.cli.dashboard import Dashboard, latency_rows
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from quantmesh.mesh import direct, transport
 from quantmesh.mesh.launcher import Mesh, RunningPipeline, free_port, local_pipeline
@@ -55,7 +58,7 @@ from quantmesh.services.marketdata.service import build_runtime
 from quantmesh.services.registry.core import ModelRegistry
 
 MODES: tuple[Mesh, ...] = ("plaintext", "direct", "envoy")
-ORDERS = 40  # acknowledged orders timed per mode
+ORDERS = 30  # acknowledged orders timed per mode (about two minutes of paced replay)
 HOPS = 500  # unary calls timed per mode
 TARGET = {"p99_us": 5_000}  # tick → order through Envoy (the mesh issue)
 PROXY_MEMORY_LIMIT_MB = 300
@@ -124,7 +127,7 @@ async def _unary_hops(running: RunningPipeline) -> dict[str, Any]:
     return percentiles_us(took)
 
 
-async def _latency(home: Path, mode: Mesh) -> tuple[list[int], dict[str, Any]]:
+async def _latency(home: Path, mode: Mesh) -> tuple[list[int], dict[str, Any], dict[str, str]]:
     log = _SendLog()
     port = free_port()
     with _this_process_in_mesh(mode, home / "pki"):
@@ -143,14 +146,24 @@ async def _latency(home: Path, mode: Mesh) -> tuple[list[int], dict[str, Any]]:
                 }
             )
             with local_pipeline(
-                home, SIGNAL_SERVICES, env=env, mesh=mode, external={"marketdata": port}
+                home,
+                SIGNAL_SERVICES,
+                env=env,
+                metrics=True,
+                mesh=mode,
+                external={"marketdata": port},
             ) as running:
                 acks = await acknowledgements(_execution_channel(running), ORDERS + WARMUP_ORDERS)
                 hop = await _unary_hops(running)
+                # Time inside each service (its own histogram); the rest is the hops.
+                stages = {
+                    stage: f"{p50} / {p99}"
+                    for stage, p50, p99 in latency_rows(Dashboard(running).refresh())
+                }
         finally:
             await timed.stop(grace=0.2)
             await untimed.stop(grace=0.2)
-    return latencies_of(acks, log), hop
+    return latencies_of(acks, log), hop, stages
 
 
 def _throughput(home: Path, mode: Mesh) -> dict[str, Any]:
@@ -164,6 +177,7 @@ def run() -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     hops: list[dict[str, Any]] = []
     throughput: list[dict[str, Any]] = []
+    stage_ms: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="quantmesh-bench-mesh-") as tmp:
         model = train_direction_model()
         for mode in MODES:
@@ -174,7 +188,8 @@ def run() -> dict[str, Any]:
                 )
                 if mode != "plaintext":
                     ensure_pki(home / "pki")
-            latencies, hop = asyncio.run(_latency(homes[0], mode))
+            latencies, hop, stages = asyncio.run(_latency(homes[0], mode))
+            stage_ms.append({"mesh": mode, **stages})
             row: dict[str, Any] = {"mesh": mode, "orders": len(latencies)}
             row |= percentiles_us(latencies)
             if mode == "envoy":
@@ -187,6 +202,7 @@ def run() -> dict[str, Any]:
         "name": "mesh",
         "rows": rows,
         "unary_hop_us": hops,
+        "stage_ms_p50_p99": stage_ms,
         "throughput": throughput,
         "overhead_p50_vs_plaintext": {
             row["mesh"]: f"{row['p50_us'] / plain:.2f}x" for row in rows if plain
