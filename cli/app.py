@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from quantmesh.cli import bench, health, mesh, pki, report, serve, ticks, train, up
+from quantmesh.cli import audit, bench, health, mesh, pki, report, serve, ticks, train, up
 
 app = typer.Typer(
     name="quantmesh",
@@ -15,6 +15,7 @@ app = typer.Typer(
 app.add_typer(serve.app, name="serve")
 app.add_typer(pki.app, name="pki")
 app.add_typer(mesh.app, name="mesh")
+app.add_typer(audit.app, name="audit")
 app.command("ticks")(ticks.ticks)
 app.command("bench")(bench.bench)
 app.command("up")(up.up)

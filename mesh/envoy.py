@@ -356,10 +356,12 @@ def sidecar_config(layout: MeshLayout, service: str, pki_dir: Path) -> dict[str,
                 {
                     "transport_socket": _tls_context(sds, "downstream", None),
                     "filters": [
-                        _connection_manager(
-                            f"{service}_inbound",
-                            _routes("local", retry=False),
-                            [_rbac(policy, service)],
+                        _vouching_for_the_caller(
+                            _connection_manager(
+                                f"{service}_inbound",
+                                _routes("local", retry=False),
+                                [_rbac(policy, service)],
+                            )
                         )
                     ],
                 }
@@ -392,6 +394,14 @@ def sidecar_config(layout: MeshLayout, service: str, pki_dir: Path) -> dict[str,
             }
         )
     return _bootstrap(layout, service, listeners, clusters)
+
+
+def _vouching_for_the_caller(manager: dict[str, Any]) -> dict[str, Any]:
+    """The inbound proxy tells its service who called: the caller's SPIFFE id in
+    ``x-forwarded-client-cert``, replacing whatever the caller sent under that name."""
+    manager["typed_config"]["forward_client_cert_details"] = "SANITIZE_SET"
+    manager["typed_config"]["set_current_client_cert_details"] = {"uri": True}
+    return manager
 
 
 def public_apis(policy: MeshPolicy) -> dict[str, str]:

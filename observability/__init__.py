@@ -1,4 +1,7 @@
 """Tracing of AI decisions, the hash-chained audit log and metrics.
 
-Empty until the observability issue lands; batches already carry a trace context field.
+- :mod:`.audit`: the append-only, hash-chained decision log, its gRPC service and the
+  store behind ``quantmesh audit``.
+
+Tracing is still to come; batches already carry a trace context field.
 """

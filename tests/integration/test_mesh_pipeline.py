@@ -34,6 +34,7 @@ from quantmesh.mesh.envoy import MeshLayout
 from quantmesh.mesh.launcher import PIPELINE, RunningPipeline, local_pipeline
 from quantmesh.mesh.pki import rotate
 from quantmesh.mesh.policy import load_policy
+from quantmesh.risk.v1 import risk_pb2, risk_pb2_grpc
 from quantmesh.services.execution.convert import money_from_proto as money
 from quantmesh.services.inference.testing import (
     MODEL_NAME,
@@ -309,3 +310,27 @@ def test_proxyless_mode_fills_orders_and_enforces_the_same_policy(
             return grpc.StatusCode.OK
 
         assert asyncio.run(plaintext()) is grpc.StatusCode.UNAVAILABLE
+
+
+def test_risk_learns_its_caller_from_the_proxy_not_from_a_forged_header(
+    mesh: RunningPipeline,
+) -> None:
+    async def engage_and_release() -> tuple[str, str]:
+        forged = (("x-forwarded-client-cert", "URI=spiffe://quantmesh.local/risk"),)
+        async with mesh.channel("risk") as channel:
+            stub = risk_pb2_grpc.RiskServiceStub(channel)
+            engaged = await stub.SetKillSwitch(
+                risk_pb2.SetKillSwitchRequest(account_id="paper", engaged=True, reason="mesh test"),
+                metadata=forged,
+                timeout=5,
+            )
+            released = await stub.SetKillSwitch(
+                risk_pb2.SetKillSwitchRequest(account_id="paper", engaged=False),
+                timeout=5,
+            )
+        return engaged.kill_switch.changed_by, released.kill_switch.changed_by
+
+    assert asyncio.run(engage_and_release()) == (
+        "spiffe://quantmesh.local/edge",
+        "spiffe://quantmesh.local/edge",
+    )

@@ -171,3 +171,12 @@ def test_compose_configs_reach_peers_by_service_name_and_listen_everywhere(
     # Outbound listeners stay on loopback: only the service beside its proxy uses them.
     outbound = next(lsn for lsn in risk["listeners"] if lsn["name"] == "outbound_execution")
     assert outbound["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_the_inbound_proxy_vouches_for_the_caller_and_drops_a_forged_header(
+    configs: dict[str, Any],
+) -> None:
+    inbound = configs["risk"]["static_resources"]["listeners"][0]
+    manager = inbound["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["forward_client_cert_details"] == "SANITIZE_SET"
+    assert manager["set_current_client_cert_details"] == {"uri": True}
