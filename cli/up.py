@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from quantmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from quantmesh.cli.dashboard import Dashboard, latency_rows
 from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
 from quantmesh.mesh.launcher import PIPELINE, RunningPipeline, ServiceProcess, local_pipeline
+from quantmesh.observability.audit.store import AuditStore
 from quantmesh.runtime.config import quantmesh_home
 from quantmesh.runtime.errors import NotFound
 from quantmesh.services.execution.convert import money_from_proto as money
@@ -47,7 +49,7 @@ _out = Console()
 MODEL_NAME = "eurusd-h1-direction"
 ACCOUNT = "paper"
 # Per-run state; the registry (the trained model) is kept across runs.
-RUN_FOLDERS = ("execution", "risk", "analytics")
+RUN_FOLDERS = ("execution", "risk", "analytics", "audit")
 # The replay is history: execution trades at each signal's moment (services/execution/clock.py).
 UP_ENV = {"QUANTMESH_EXECUTION_CLOCK": "pipeline"}
 PROGRESS_SECONDS = 5.0
@@ -226,6 +228,7 @@ def _summary(running: RunningPipeline, dashboard: Dashboard, home: Path) -> None
         ("ticks executed", f"{dashboard.ticks:,.0f}"),
         ("replay time", f"{dashboard.finished_at - running['risk'].serving_since:.1f} s"),
         ("accounting", "reconciled" if reconciled else "[red]NOT reconciled[/red]"),
+        ("audit log", _audit_state(home)),
     ]
     for name, value in rows:
         table.add_row(name, value)
@@ -233,6 +236,20 @@ def _summary(running: RunningPipeline, dashboard: Dashboard, home: Path) -> None
         table.add_row(f"{stage} latency p50 / p99", f"{p50} / {p99} ms")
     _out.print(table)
     _out.print(f"report: {path} (open it in a browser; it needs no server)")
+    _out.print("a decision's story: quantmesh audit show <signal id> (ids: quantmesh audit export)")
+
+
+def _audit_state(home: Path) -> str:
+    """How many decision records the run has, and whether their hash chain is intact."""
+    try:
+        with AuditStore(home / "audit" / "audit.sqlite3", create=False) as store:
+            report = store.verify()
+    except (FileNotFoundError, sqlite3.Error) as error:
+        return f"[yellow]not readable: {error}[/yellow]"
+    check = report.check
+    if check.ok:
+        return f"{check.checked:,} records, chain intact"
+    return f"[red]chain broken at record {check.broken_index}: {check.reason}[/red]"
 
 
 def _order_counts(states: Counter[str]) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -11,6 +12,15 @@ from quantmesh.runtime.server import ServiceRuntime
 from quantmesh.services.marketdata.config import MarketDataSettings
 from quantmesh.services.marketdata.service import build_runtime
 from quantmesh.services.marketdata.sources import ReplaySource
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quantmesh_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes into the checkout's var/: state defaults to a temporary home."""
+    with pytest.MonkeyPatch.context() as patch:
+        if "QUANTMESH_HOME" not in os.environ:
+            patch.setenv("QUANTMESH_HOME", str(tmp_path_factory.mktemp("quantmesh-home")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,10 @@ class RiskSettings(ServiceSettings):
     drive:
         Run the driver: the background job that turns approved signals into orders.
         Without it the service only answers queries (EvaluateSignal is a dry run).
+    audit:
+        Where the driver appends its decisions to the audit log (the signal, the risk
+        decision with every verdict, each order); empty turns the log off. Default
+        ``$QUANTMESH_HOME/audit/audit.sqlite3``, shared with the other services.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
@@ -58,6 +62,12 @@ class RiskSettings(ServiceSettings):
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["EURUSD"])
     deviation_points: int = Field(default=10, ge=0, le=100_000)
     drive: bool = True
+    audit: Path | None = Field(default_factory=lambda: quantmesh_home() / "audit" / "audit.sqlite3")
+
+    @field_validator("audit", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("symbols", mode="before")
     @classmethod

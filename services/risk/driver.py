@@ -37,11 +37,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from quantmesh.common.v1 import common_pb2
 from quantmesh.decision.v1 import decision_pb2
 from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
 from quantmesh.mesh.transport import open_channel
+from quantmesh.observability.audit.chain import RecordKind
+from quantmesh.observability.audit.decisions import DecisionLog
 from quantmesh.risk.v1 import risk_pb2
 from quantmesh.runtime.errors import DomainError
 from quantmesh.runtime.logging import get_logger
@@ -229,8 +232,10 @@ class RiskDriver:
         max_attempts: int = 8,
         retry_base_seconds: float = 0.05,
         retry_max_seconds: float = 2.0,
+        audit: DecisionLog | None = None,
     ) -> None:
         self._risk, self._store, self._quotes = risk, store, quotes
+        self._audit = audit
         self._symbols = dict(symbols)
         self.account_id = account_id
         self.subscribe = sorted(subscribe)
@@ -328,6 +333,10 @@ class RiskDriver:
             await self._advance(execution, last_time, wait=False)
             MARKET_TIME.labels("risk").set(last_time)
         if batch.signals:
+            if self._audit is not None:
+                # The cursor never passes a decision whose audit records are not on disk:
+                # after a crash the batch is handled, and recorded, again.
+                await self._audit.flush()
             seq = batch.seq + len(batch.signals) - 1
             await asyncio.to_thread(self._store.save_cursor, self.cursor_name, seq)
             self.stats.cursor = max(self.stats.cursor, seq)
@@ -392,6 +401,9 @@ class RiskDriver:
         self.stats.evaluated += 1
         self.stats.evaluate_latency.add(seconds)
         STAGE_SECONDS.labels("risk").observe(seconds)
+        message = convert.decision_to_proto(decision, signal.trace)
+        await self._record(RecordKind.SIGNAL, signal, signal)
+        await self._record(RecordKind.RISK_DECISION, signal, message)
         if not decision.approved:
             failed = [verdict.rule for verdict in decision.verdicts if not verdict.passed]
             self.stats.rejected += 1
@@ -403,10 +415,10 @@ class RiskDriver:
             return
         self.stats.approved += 1
         RISK_DECISIONS.labels("approved").inc()
-        message = convert.decision_to_proto(decision, signal.trace)
         evaluated = time.perf_counter()
         for order in self._orders(signal, decision, message, positions):
-            await self._submit(order, execution)
+            outcome = await self._submit(order, execution)
+            await self._record(RecordKind.ORDER, signal, outcome[0], outcome=outcome[1])
         _log.debug(
             "signal traded",
             signal_id=signal.signal_id,
@@ -465,9 +477,23 @@ class RiskDriver:
             orders.append(order)
         return orders
 
+    async def _record(
+        self, kind: RecordKind, signal: decision_pb2.Signal, message: Message, **extra: str
+    ) -> None:
+        if self._audit is not None:
+            await self._audit.record(
+                kind,
+                signal.signal_id,
+                message,
+                traceparent=signal.trace.traceparent,
+                extra=extra or None,
+            )
+
     async def _submit(
         self, order: execution_pb2.Order, execution: execution_pb2_grpc.ExecutionServiceAsyncStub
-    ) -> None:
+    ) -> tuple[execution_pb2.Order, str]:
+        """Send ``order``; return the order as execution has it (else as sent) and what
+        came of it, for the audit log."""
         key = order.idempotency_key
         request = execution_pb2.SubmitOrderRequest(order=order)
         try:
@@ -481,7 +507,7 @@ class RiskDriver:
                 # stands, and nothing is sent twice.
                 self.stats.orders_duplicate += 1
                 _log.info("order already exists", key=key, details=error.details())
-                return
+                return order, f"ALREADY_EXISTS: {error.details()}"
             if error.code() in REFUSED:
                 self.stats.orders_refused += 1
                 _log.warning(
@@ -490,17 +516,17 @@ class RiskDriver:
                     status=error.code().name,
                     details=error.details(),
                 )
-                return
+                return order, f"{error.code().name}: {error.details()}"
             raise
         if reply.duplicate:
             self.stats.orders_duplicate += 1
             _log.info("order already submitted", key=key, order_id=reply.order.order_id)
-            return
+            return reply.order, "duplicate: already submitted"
         self.stats.orders_submitted += 1
         if reply.order.state == execution_pb2.ORDER_STATE_REJECTED:
             self.stats.orders_rejected_by_broker += 1
             _log.warning("broker rejected the order", key=key, reason=reply.order.reject_reason)
-            return
+            return reply.order, "rejected by the broker"
         _log.info(
             "order submitted",
             key=key,
@@ -509,6 +535,7 @@ class RiskDriver:
             side=common_pb2.Side.Name(order.side),
             volume=fmt(lots_from_proto(order.volume)),
         )
+        return reply.order, "submitted"
 
     # --- calls to execution ------------------------------------------------------------
 

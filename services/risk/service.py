@@ -11,6 +11,7 @@ import grpc
 
 from quantmesh.execution.v1 import execution_pb2_grpc
 from quantmesh.mesh.transport import open_channel
+from quantmesh.observability.audit.decisions import DecisionLog
 from quantmesh.risk.v1 import risk_pb2_grpc
 from quantmesh.runtime.server import ServiceRuntime
 from quantmesh.services.risk.config import KNOWN_SYMBOLS, RiskSettings
@@ -18,6 +19,8 @@ from quantmesh.services.risk.convert import QuoteBook
 from quantmesh.services.risk.driver import RiskDriver
 from quantmesh.services.risk.servicer import SERVICE_NAME, RiskServicer
 from quantmesh.services.risk.store import DurableRiskEngine, RiskStore
+
+SPIFFE_ID = "spiffe://quantmesh.local/risk"  # the producer of risk's audit records
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,17 @@ def build(settings: RiskSettings) -> RiskService:
     store = RiskStore(settings.folder / "risk.sqlite3")
     risk = DurableRiskEngine(store)
     quotes = QuoteBook(KNOWN_SYMBOLS)
+    audit = (
+        DecisionLog.open(SPIFFE_ID, settings.audit)
+        if settings.audit is not None and settings.drive
+        else None
+    )
     driver = RiskDriver(
         risk,
         store,
         quotes,
         KNOWN_SYMBOLS,
+        audit=audit,
         account_id=settings.account_id,
         subscribe=settings.symbols,
         deviation_points=settings.deviation_points,
@@ -78,6 +87,8 @@ def build(settings: RiskSettings) -> RiskService:
         finally:
             for channel in channels:
                 await channel.close(None)
+            if audit is not None:
+                await audit.close()  # commits what the driver queued
 
     background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [close_channels]
     if settings.drive:

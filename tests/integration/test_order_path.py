@@ -11,6 +11,7 @@ orders and fills: nothing lost, nothing doubled, nothing filled at another price
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from quantmesh.decision.v1 import decision_pb2
 from quantmesh.execution.v1 import execution_pb2 as ex
 from quantmesh.execution.v1 import execution_pb2_grpc
 from quantmesh.mesh.launcher import PIPELINE, ServiceProcess, local_pipeline
+from quantmesh.observability.audit.chain import RecordKind
+from quantmesh.observability.audit.store import AuditStore
 from quantmesh.services.decision.client import SignalSubscriber
 from quantmesh.services.execution.client import ExecutionReportSubscriber
 from quantmesh.services.execution.convert import money_from_proto as money
@@ -62,6 +65,7 @@ class Outcome:
     approved: float
     rejected: float
     broker_keys: list[tuple[str, int]]
+    home: Path
 
     def fills(self) -> list[tuple[str, int, int, int, int]]:
         """(key, price, lots, nanolots, time) of every fill, in report order."""
@@ -155,6 +159,7 @@ async def read_outcome(running: dict[str, ServiceProcess], dashboard: Dashboard)
             "SELECT client_key, COUNT(*) FROM broker_orders GROUP BY client_key"
         ).fetchall()
     return Outcome(
+        home=home,
         orders=orders,
         reports=reports,
         account=account,
@@ -269,3 +274,26 @@ def test_a_crash_of_execution_mid_replay_loses_and_doubles_nothing(
     assert sorted(keys) == sorted(o.idempotency_key for o in clean_run.orders)
     assert run.fills() == clean_run.fills()
     assert money(run.account.equity) == money(clean_run.account.equity)
+
+
+def test_every_risk_decision_and_order_is_in_a_verified_audit_log(clean_run: Outcome) -> None:
+    with AuditStore(clean_run.home / "audit" / "audit.sqlite3", create=False) as store:
+        report = store.verify()
+        assert report.ok, report.check
+        decisions = [
+            json.loads(record.payload_json)["RiskDecision"]
+            for record in store.records()
+            if record.kind == RecordKind.RISK_DECISION
+        ]
+        assert len(decisions) == clean_run.approved + clean_run.rejected
+        assert sum(1 for d in decisions if not d.get("approved")) == clean_run.rejected
+        for order in (o for o in clean_run.orders if o.risk_decision.signal_id):
+            story = store.decision(decision_id=order.signal_id)
+            kinds = [record.kind for record in story]
+            assert kinds[:2] == [RecordKind.SIGNAL, RecordKind.RISK_DECISION], kinds
+            assert RecordKind.ORDER in kinds
+            assert all(r.producer == "spiffe://quantmesh.local/risk" for r in story)
+            verdicts = json.loads(story[1].payload_json)["RiskDecision"]["verdicts"]
+            assert len(verdicts) == RULES
+            placed = [json.loads(r.payload_json) for r in story if r.kind == RecordKind.ORDER]
+            assert order.idempotency_key in {p["Order"]["idempotency_key"] for p in placed}

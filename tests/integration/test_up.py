@@ -91,6 +91,7 @@ def test_ctrl_c_loses_no_order_and_up_again_finishes_the_replay(tmp_path: Path) 
     assert "execution is back on" in output
     assert "replay finished" in output
     assert "reconciled" in output
+    assert "chain intact" in output
     assert "NOT reconciled" not in output
     for figure in ("equity", "trades", "win rate", "max drawdown", "execution latency"):
         assert figure in output
