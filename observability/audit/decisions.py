@@ -19,16 +19,26 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from pydantic import BeforeValidator, Field
 
 from quantmesh.observability.audit.chain import RecordKind
 from quantmesh.observability.audit.store import AuditStore, NewRecord, default_store_path
 from quantmesh.observability.audit.writer import AuditWriter
 
-__all__ = ["DecisionLog", "trace_id_of"]
+__all__ = ["AuditSetting", "DecisionLog", "audit_setting", "trace_id_of"]
+
+# A service's ``audit`` setting: the log's path; empty (e.g. QUANTMESH_RISK_AUDIT=) is off.
+AuditSetting = Annotated[Path | None, BeforeValidator(lambda value: None if value == "" else value)]
+
+
+def audit_setting() -> Any:
+    """The field of an ``audit`` setting, defaulting to the shared log of this home."""
+    return Field(default_factory=default_store_path)
+
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from quantmesh.observability.audit.decisions import AuditSetting, audit_setting
 from quantmesh.runtime.config import ServiceSettings, quantmesh_home
 
 ENV_PREFIX = "QUANTMESH_ANALYTICS_"
@@ -42,6 +43,9 @@ class AnalyticsSettings(ServiceSettings):
         Ticks per batch asked of market data; each batch is one store transaction.
     report_batch_size:
         Execution reports per batch asked of execution.
+    audit:
+        Where every execution report of a decision (acceptance, fills, rejections) is
+        appended to the audit log, completing the story risk began; empty turns it off.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
@@ -56,3 +60,4 @@ class AnalyticsSettings(ServiceSettings):
     mark_symbols: tuple[str, ...] = Field(default=DEFAULT_MARK_SYMBOLS, min_length=1)
     tick_batch_size: int = Field(default=5_000, ge=1, le=100_000)
     report_batch_size: int = Field(default=100, ge=1, le=10_000)
+    audit: AuditSetting = audit_setting()

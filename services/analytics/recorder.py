@@ -23,8 +23,11 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
+from quantmesh.execution.v1 import execution_pb2
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from quantmesh.mesh.transport import open_channel
+from quantmesh.observability.audit.chain import RecordKind
+from quantmesh.observability.audit.decisions import DecisionLog
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.metrics import MARKET_TIME, REPLAY_FINISHED, TICKS
 from quantmesh.runtime.subscriber import StreamDroppedError
@@ -85,9 +88,17 @@ def hourly_marks(columns: TickColumns, symbols: Sequence[str], digits: Sequence[
 
 
 async def record_reports(
-    store: AnalyticsStore, execution_address: str, batch_size: int, shutdown: asyncio.Event
+    store: AnalyticsStore,
+    execution_address: str,
+    batch_size: int,
+    shutdown: asyncio.Event,
+    audit: DecisionLog | None = None,
 ) -> None:
-    """Record execution's fills until shutdown, resuming from the stored cursor."""
+    """Record execution's fills until shutdown, resuming from the stored cursor.
+
+    With ``audit``, every report of a decision also goes to the audit log, committed
+    before the batch's cursor (a crash re-reads the batch, and records it again).
+    """
     while not shutdown.is_set():
         pause = RETRY_SECONDS
         from_seq = await asyncio.to_thread(store.report_cursor) + 1
@@ -96,6 +107,8 @@ async def record_reports(
                 subscriber = ExecutionReportSubscriber(channel, from_seq, batch_size)
                 async for batch in subscriber.batches():
                     fills = [f for r in batch.reports if (f := fill_of_report(r)) is not None]
+                    if audit is not None:
+                        await _audit_reports(audit, batch.reports)
                     last = batch.reports[-1].seq
                     recorded = await asyncio.to_thread(store.record_reports, fills, last)
                     if recorded:
@@ -107,6 +120,22 @@ async def record_reports(
             _log.exception("cannot record execution reports; retrying")
             pause = FAULT_RETRY_SECONDS
         await _pause(shutdown, pause)
+
+
+async def _audit_reports(
+    audit: DecisionLog, reports: Sequence[execution_pb2.ExecutionReport]
+) -> None:
+    for report in reports:
+        # Orders of a signal are its decision's; a stop or target the broker triggered
+        # is recorded under its own key.
+        decision_id = report.signal_id or report.idempotency_key
+        await audit.record(
+            RecordKind.EXECUTION_REPORT,
+            decision_id,
+            report,
+            traceparent=report.trace.traceparent,
+        )
+    await audit.flush()
 
 
 async def record_marks(

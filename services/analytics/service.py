@@ -7,6 +7,7 @@ import asyncio
 import grpc
 
 from quantmesh.analytics.v1 import analytics_pb2_grpc
+from quantmesh.observability.audit.decisions import DecisionLog
 from quantmesh.runtime.server import ServiceRuntime
 from quantmesh.services.analytics.config import AnalyticsSettings
 from quantmesh.services.analytics.core import AccountAnalytics
@@ -16,6 +17,9 @@ from quantmesh.services.analytics.servicer import SERVICE_NAME, AnalyticsService
 from quantmesh.services.analytics.store import AnalyticsStore
 
 STORE_FILE = "analytics.sqlite3"
+
+
+SPIFFE_ID = "spiffe://quantmesh.local/analytics"  # the producer of its audit records
 
 
 def build_runtime(settings: AnalyticsSettings) -> ServiceRuntime:
@@ -35,9 +39,14 @@ def build_runtime(settings: AnalyticsSettings) -> ServiceRuntime:
         )
 
     async def reports(shutdown: asyncio.Event) -> None:
-        await record_reports(
-            store, settings.execution_address, settings.report_batch_size, shutdown
-        )
+        audit = None if settings.audit is None else DecisionLog.open(SPIFFE_ID, settings.audit)
+        try:
+            await record_reports(
+                store, settings.execution_address, settings.report_batch_size, shutdown, audit
+            )
+        finally:
+            if audit is not None:
+                await audit.close()
 
     async def marks(shutdown: asyncio.Event) -> None:
         await record_marks(

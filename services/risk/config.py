@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from quantmesh.observability.audit.decisions import AuditSetting, audit_setting
 from quantmesh.runtime.config import ServiceSettings, quantmesh_home
 from quantmesh.services.marketdata.sources import EURGBP, EURUSD, GBPUSD, USDJPY, Symbol
 
@@ -62,12 +63,7 @@ class RiskSettings(ServiceSettings):
     symbols: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["EURUSD"])
     deviation_points: int = Field(default=10, ge=0, le=100_000)
     drive: bool = True
-    audit: Path | None = Field(default_factory=lambda: quantmesh_home() / "audit" / "audit.sqlite3")
-
-    @field_validator("audit", mode="before")
-    @classmethod
-    def _empty_is_off(cls, value: object) -> object:
-        return None if value == "" else value
+    audit: AuditSetting = audit_setting()
 
     @field_validator("symbols", mode="before")
     @classmethod

@@ -292,8 +292,18 @@ def test_every_risk_decision_and_order_is_in_a_verified_audit_log(clean_run: Out
             kinds = [record.kind for record in story]
             assert kinds[:2] == [RecordKind.SIGNAL, RecordKind.RISK_DECISION], kinds
             assert RecordKind.ORDER in kinds
-            assert all(r.producer == "spiffe://quantmesh.local/risk" for r in story)
+            assert {r.producer for r in story if r.kind != RecordKind.EXECUTION_REPORT} == {
+                "spiffe://quantmesh.local/risk"
+            }
             verdicts = json.loads(story[1].payload_json)["RiskDecision"]["verdicts"]
             assert len(verdicts) == RULES
             placed = [json.loads(r.payload_json) for r in story if r.kind == RecordKind.ORDER]
             assert order.idempotency_key in {p["Order"]["idempotency_key"] for p in placed}
+            if order.state == ex.ORDER_STATE_FILLED:  # the story ends with the fill
+                reports = [
+                    json.loads(r.payload_json)["ExecutionReport"]
+                    for r in story
+                    if r.kind == RecordKind.EXECUTION_REPORT
+                ]
+                assert any(r.get("fill_volume") for r in reports), kinds
+                assert any(r.producer == "spiffe://quantmesh.local/analytics" for r in story)
