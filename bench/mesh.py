@@ -34,12 +34,11 @@ import grpc
 
 from quantmesh.bench.harness import percentiles_us
 from quantmesh.bench.order_path import (
-    ENV,
-    QUIET,
-    SPEED,
+    TIMED_SERVICES,
     WARMUP_ORDERS,
     acknowledgements,
     latencies_of,
+    paced_env,
     replay_everything,
 )
 from quantmesh.bench.signal_path import _SendLog
@@ -62,7 +61,6 @@ ORDERS = 30  # acknowledged orders timed per mode (about two minutes of paced re
 HOPS = 500  # unary calls timed per mode
 TARGET = {"p99_us": 5_000}  # tick → order through Envoy (the mesh issue)
 PROXY_MEMORY_LIMIT_MB = 300
-SIGNAL_SERVICES = ("features", "inference", "decision", "execution", "risk")
 
 
 @contextlib.contextmanager
@@ -136,19 +134,10 @@ async def _latency(home: Path, mode: Mesh) -> tuple[list[int], dict[str, Any], d
         await timed.start()
         untimed_port = await untimed.start()
         try:
-            env = (
-                ENV
-                | QUIET
-                | {
-                    "QUANTMESH_FEATURES_TICK_SPEED": str(SPEED),
-                    # Execution's own feed is not on the timed path (see order_path).
-                    "QUANTMESH_EXECUTION_MARKETDATA_ADDRESS": f"127.0.0.1:{untimed_port}",
-                }
-            )
             with local_pipeline(
                 home,
-                SIGNAL_SERVICES,
-                env=env,
+                TIMED_SERVICES,
+                env=paced_env(untimed_port),
                 metrics=True,
                 mesh=mode,
                 external={"marketdata": port},

@@ -118,6 +118,23 @@ def latencies_of(acks: list[tuple[str, int]], log: _SendLog) -> list[int]:
     return latencies
 
 
+# Market data runs in the benchmark's process; these run as their own processes.
+TIMED_SERVICES = ("features", "inference", "decision", "execution", "risk")
+
+
+def paced_env(untimed_port: int) -> dict[str, str]:
+    """The services' environment for a latency run: a paced replay, and execution fed
+    by the untimed copy of market data, so only the signal path's sends are timed."""
+    return (
+        ENV
+        | QUIET
+        | {
+            "QUANTMESH_FEATURES_TICK_SPEED": str(SPEED),
+            "QUANTMESH_EXECUTION_MARKETDATA_ADDRESS": f"127.0.0.1:{untimed_port}",
+        }
+    )
+
+
 async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
     log = _SendLog()
     port = free_port()
@@ -126,17 +143,12 @@ async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
     await timed.start()
     untimed_port = await untimed.start()
     try:
-        env = (
-            ENV
-            | QUIET
-            | {
-                "QUANTMESH_FEATURES_TICK_SPEED": str(SPEED),
-                "QUANTMESH_EXECUTION_MARKETDATA_ADDRESS": f"127.0.0.1:{untimed_port}",
-            }
-        )
-        services = ("features", "inference", "decision", "execution", "risk")
         with local_pipeline(
-            home, services=services, env=env, metrics=True, external={"marketdata": port}
+            home,
+            services=TIMED_SERVICES,
+            env=paced_env(untimed_port),
+            metrics=True,
+            external={"marketdata": port},
         ) as running:
             acks = await acknowledgements(
                 lambda: grpc.aio.insecure_channel(running["execution"].address),

@@ -49,6 +49,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROMETHEUS_FILE = ROOT / "deploy" / "prometheus.yml"
+GRAFANA_DIR = ROOT / "observability" / "grafana"
 PKI_DIR = "/etc/quantmesh/pki"
 ENVOY_DIR = "/etc/quantmesh/envoy"
 MESH_UID = "10001:10001"
@@ -248,7 +249,12 @@ def test_the_edge_is_the_only_published_grpc_port(
         for name, service in services.items()
         for port in service.get("ports", [])
     }
-    assert published == {("edge", policy.edge.port), ("jaeger", 16686), ("prometheus", 9090)}
+    assert published == {
+        ("edge", policy.edge.port),
+        ("jaeger", 16686),
+        ("prometheus", 9090),
+        ("grafana", 3000),
+    }
 
 
 def test_the_image_used_is_the_envoy_the_configurations_are_validated_with(
@@ -384,6 +390,28 @@ def test_jaeger_takes_otlp_and_prometheus_scrapes_every_service_and_envoy(
     assert targets(scrape["quantmesh"]) == expected
     assert scrape["envoy"]["metrics_path"] == "/stats/prometheus"
     assert targets(scrape["envoy"]) == expected | {f"edge:{METRICS_PORT}"}
+
+
+def test_grafana_loads_the_dashboard_over_prometheus(services: dict[str, Any]) -> None:
+    grafana = services["grafana"]
+    assert grafana["image"].startswith("grafana/grafana:")
+    assert not grafana["image"].endswith((":latest", ":"))
+    binds = {v["target"]: v for v in grafana["volumes"] if v["type"] == "bind"}
+    provisioning = binds["/etc/grafana/provisioning"]
+    assert Path(provisioning["source"]) == GRAFANA_DIR / "provisioning"
+    assert provisioning["read_only"]
+    dashboard = binds["/etc/grafana/dashboards/quantmesh.json"]
+    assert Path(dashboard["source"]) == GRAFANA_DIR / "quantmesh.json"
+    assert dashboard["read_only"]
+    assert _volumes(grafana)["/var/lib/grafana"]["source"] == "grafana"
+    assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    env = _environment(grafana)
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    dev_default = "quantmesh"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == dev_default
+    assert "${GRAFANA_ADMIN_PASSWORD:-quantmesh}" in COMPOSE_FILE.read_text()
+    assert "/api/health" in " ".join(grafana["healthcheck"]["test"])
 
 
 # --------------------------------------------------------------------------- Envoy
