@@ -38,22 +38,19 @@ from quantmesh.bench.order_path import (
     WARMUP_ORDERS,
     acknowledgements,
     latencies_of,
-    paced_env,
+    paced_market_data,
     replay_everything,
 )
-from quantmesh.bench.signal_path import _SendLog
 from quantmesh.cli.dashboard import Dashboard, latency_rows
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from quantmesh.mesh import direct, transport
-from quantmesh.mesh.launcher import Mesh, RunningPipeline, free_port, local_pipeline
-from quantmesh.mesh.pki import ensure_pki, service_host_name
+from quantmesh.mesh.launcher import Mesh, RunningPipeline, local_pipeline
+from quantmesh.mesh.pki import ensure_pki
 from quantmesh.services.inference.testing import (
     MODEL_NAME,
     register_tiny_model,
     train_direction_model,
 )
-from quantmesh.services.marketdata.config import MarketDataSettings
-from quantmesh.services.marketdata.service import build_runtime
 from quantmesh.services.registry.core import ModelRegistry
 
 MODES: tuple[Mesh, ...] = ("plaintext", "direct", "envoy")
@@ -105,10 +102,7 @@ def _marketdata_from_features(running: RunningPipeline) -> grpc.aio.Channel:
     if running.mesh != "direct":
         return grpc.aio.insecure_channel(address)  # loopback; under Envoy, its sidecar
     assert running.pki is not None
-    override = [("grpc.ssl_target_name_override", service_host_name("marketdata"))]
-    return grpc.aio.secure_channel(
-        address, direct.channel_credentials(running.pki, "features"), options=override
-    )
+    return direct.peer_channel(address, running.pki, "features", "marketdata")
 
 
 async def _unary_hops(running: RunningPipeline) -> dict[str, Any]:
@@ -126,21 +120,15 @@ async def _unary_hops(running: RunningPipeline) -> dict[str, Any]:
 
 
 async def _latency(home: Path, mode: Mesh) -> tuple[list[int], dict[str, Any], dict[str, str]]:
-    log = _SendLog()
-    port = free_port()
     with _this_process_in_mesh(mode, home / "pki"):
-        timed = build_runtime(MarketDataSettings(port=port), on_batch=log)
-        untimed = build_runtime(MarketDataSettings(port=0))
-        await timed.start()
-        untimed_port = await untimed.start()
-        try:
+        async with paced_market_data() as market:
             with local_pipeline(
                 home,
                 TIMED_SERVICES,
-                env=paced_env(untimed_port),
+                env=market.env,
                 metrics=True,
                 mesh=mode,
-                external={"marketdata": port},
+                external={"marketdata": market.port},
             ) as running:
                 acks = await acknowledgements(_execution_channel(running), ORDERS + WARMUP_ORDERS)
                 hop = await _unary_hops(running)
@@ -149,10 +137,7 @@ async def _latency(home: Path, mode: Mesh) -> tuple[list[int], dict[str, Any], d
                     stage: f"{p50} / {p99}"
                     for stage, p50, p99 in latency_rows(Dashboard(running).refresh())
                 }
-        finally:
-            await timed.stop(grace=0.2)
-            await untimed.stop(grace=0.2)
-    return latencies_of(acks, log), hop, stages
+    return latencies_of(acks, market.log), hop, stages
 
 
 def _throughput(home: Path, mode: Mesh) -> dict[str, Any]:

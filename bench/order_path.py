@@ -26,7 +26,8 @@ import contextlib
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,18 @@ def paced_env(untimed_port: int) -> dict[str, str]:
     )
 
 
-async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
+@dataclass(frozen=True)
+class PacedMarketData:
+    """Market data in the benchmark's process: the timed copy the signal path reads
+    (its sends logged), and an untimed copy for execution's own feed."""
+
+    log: _SendLog
+    port: int
+    env: dict[str, str]  # the services' environment for the run (paced_env)
+
+
+@contextlib.asynccontextmanager
+async def paced_market_data() -> AsyncIterator[PacedMarketData]:
     log = _SendLog()
     port = free_port()
     timed = build_runtime(MarketDataSettings(port=port), on_batch=log)
@@ -143,12 +155,20 @@ async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
     await timed.start()
     untimed_port = await untimed.start()
     try:
+        yield PacedMarketData(log, port, paced_env(untimed_port))
+    finally:
+        await timed.stop(grace=0.2)
+        await untimed.stop(grace=0.2)
+
+
+async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
+    async with paced_market_data() as market:
         with local_pipeline(
             home,
             services=TIMED_SERVICES,
-            env=paced_env(untimed_port),
+            env=market.env,
             metrics=True,
-            external={"marketdata": port},
+            external={"marketdata": market.port},
         ) as running:
             acks = await acknowledgements(
                 lambda: grpc.aio.insecure_channel(running["execution"].address),
@@ -156,11 +176,8 @@ async def _measure_latency(home: Path) -> tuple[list[int], dict[str, Any]]:
             )
             dashboard = Dashboard(running)
             stages = latency_rows(dashboard.refresh())
-    finally:
-        await timed.stop(grace=0.2)
-        await untimed.stop(grace=0.2)
     stage_figures = {stage: {"p50_ms": p50, "p99_ms": p99} for stage, p50, p99 in stages}
-    return latencies_of(acks, log), stage_figures
+    return latencies_of(acks, market.log), stage_figures
 
 
 def replay_everything(home: Path, ticks_per_bar: int, mesh: Mesh = "plaintext") -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -57,6 +59,20 @@ def _open(db: Path | None) -> AuditStore:
         raise _fail(f"cannot read the audit log {path}: {error}") from None
 
 
+@contextmanager
+def _reading(db: Path | None) -> Iterator[AuditStore]:
+    """The log, opened for one command; a bad argument or an unreadable file exits 2."""
+    store = _open(db)
+    try:
+        yield store
+    except InvalidArgument as error:
+        raise _fail(str(error)) from None
+    except sqlite3.Error as error:
+        raise _fail(f"cannot read the audit log {store.path}: {error}") from None
+    finally:
+        store.close()
+
+
 def _when(time_ns: int) -> str:
     seconds, nanos = divmod(time_ns, 1_000_000_000)
     moment = datetime.fromtimestamp(seconds, UTC)
@@ -93,15 +109,8 @@ def show(
     db: DbOption = None,
 ) -> None:
     """Print every record of one decision in chain order: when, what, who, and the payload."""
-    store = _open(db)
-    try:
+    with _reading(db) as store:
         matched, records = _find(store, key)
-    except InvalidArgument as error:
-        raise _fail(str(error)) from None
-    except sqlite3.Error as error:
-        raise _fail(f"cannot read the audit log {store.path}: {error}") from None
-    finally:
-        store.close()
     if not records:
         raise _fail(f"no audit record has the decision id or trace id {key!r}", code=1)
     decisions = ", ".join(dict.fromkeys(record.decision_id for record in records))
@@ -144,15 +153,8 @@ def verify(
     ] = None,
 ) -> None:
     """Recompute every hash and link; exit 1 naming the first bad record and why."""
-    store = _open(db)
-    try:
+    with _reading(db) as store:
         report = store.verify(from_index, to_index)
-    except InvalidArgument as error:
-        raise _fail(str(error)) from None
-    except sqlite3.Error as error:
-        raise _fail(f"cannot read the audit log {store.path}: {error}") from None
-    finally:
-        store.close()
     check = report.check
     if report.head is None:
         _out.print("chain intact: 0 records (the audit log is empty)")
@@ -192,14 +194,10 @@ def export(
 
     Each line re-verifies: the canonical JSON of its payload is the hashed payload_json.
     """
-    store = _open(db)
-    try:
-        count = store.export(out if out is not None else sys.stdout, from_index)
-    except OSError as error:
-        raise _fail(f"cannot write {out}: {error.strerror or error}") from None
-    except sqlite3.Error as error:
-        raise _fail(f"cannot read the audit log {store.path}: {error}") from None
-    finally:
-        store.close()
+    with _reading(db) as store:
+        try:
+            count = store.export(out if out is not None else sys.stdout, from_index)
+        except OSError as error:
+            raise _fail(f"cannot write {out}: {error.strerror or error}") from None
     if out is not None:
         _err.print(f"exported {count} record(s) to {escape(str(out))}", soft_wrap=True)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
+from quantmesh.mesh.pki import service_host_name
 from quantmesh.mesh.policy import MeshPolicy
 from quantmesh.runtime.logging import get_logger
 
@@ -46,6 +47,22 @@ def channel_credentials(pki_dir: Path, identity: str) -> grpc.ChannelCredentials
         root_certificates=(folder / "ca.pem").read_bytes(),
         private_key=(folder / "key.pem").read_bytes(),
         certificate_chain=(folder / "cert.pem").read_bytes(),
+    )
+
+
+def peer_options(peer: str) -> list[tuple[str, str]]:
+    """Channel options that make gRPC verify the server is ``peer``.
+
+    gRPC checks host names, not URI SANs; a service's certificate carries the DNS name
+    ``<peer>.quantmesh.local`` for exactly this.
+    """
+    return [("grpc.ssl_target_name_override", service_host_name(peer))]
+
+
+def peer_channel(address: str, pki_dir: Path, identity: str, peer: str) -> grpc.aio.Channel:
+    """An asyncio channel to ``peer`` at ``address``, presenting ``identity``'s certificate."""
+    return grpc.aio.secure_channel(
+        address, channel_credentials(pki_dir, identity), options=peer_options(peer)
     )
 
 

@@ -135,11 +135,6 @@ class MeshLayout:
         return self.peer_hosts.get(service, "127.0.0.1")
 
 
-def outbound_port(policy: MeshPolicy, service: str, peer: str) -> int:
-    """Loopback port on which ``service`` reaches ``peer`` through its own proxy."""
-    return MeshLayout.of(policy).outbound(service, peer)
-
-
 def sds_files(pki_dir: Path, service: str) -> dict[str, Path]:
     """Write the two SDS files of ``service`` (its identity, the trust bundle); return them.
 

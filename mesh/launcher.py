@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quantmesh.mesh import direct
 from quantmesh.mesh.envoy import MeshLayout, envoy_binary, write_sidecar_configs
-from quantmesh.mesh.pki import ensure_pki, service_host_name
+from quantmesh.mesh.pki import ensure_pki
 from quantmesh.mesh.policy import load_policy
 
 # How services reach each other: see local_pipeline.
@@ -182,8 +182,9 @@ class ServiceProcess(SupervisedProcess):
         if self.tls is None:
             return grpc.insecure_channel(self.address)
         credentials = direct.channel_credentials(*self.tls)
-        override = [("grpc.ssl_target_name_override", service_host_name(self.name))]
-        return grpc.secure_channel(self.address, credentials, options=override)
+        return grpc.secure_channel(
+            self.address, credentials, options=direct.peer_options(self.name)
+        )
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until the service answers SERVING on grpc.health.v1."""
@@ -286,10 +287,7 @@ class RunningPipeline(dict[str, ServiceProcess]):
             address, identity, server = f"127.0.0.1:{self.edge_port}", "client", "edge"
         else:
             address, identity, server = self[service].address, "edge", service
-        override = [("grpc.ssl_target_name_override", service_host_name(server))]
-        return grpc.aio.secure_channel(
-            address, direct.channel_credentials(self.pki, identity), options=override
-        )
+        return direct.peer_channel(address, self.pki, identity, server)
 
 
 @contextmanager

@@ -24,8 +24,8 @@ import grpc
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from quantmesh.mesh.direct import PolicyAuthorization, channel_credentials
-from quantmesh.mesh.pki import CERT_FILE, KEY_FILE, TRUST_BUNDLE_FILE, service_host_name
+from quantmesh.mesh.direct import PolicyAuthorization, peer_channel
+from quantmesh.mesh.pki import CERT_FILE, KEY_FILE, TRUST_BUNDLE_FILE
 from quantmesh.mesh.policy import load_policy
 
 MeshMode = Literal["plaintext", "direct"]
@@ -87,10 +87,7 @@ def open_channel(address: str, peer: str) -> grpc.aio.Channel:
     if settings.mode == "plaintext":
         return grpc.aio.insecure_channel(address)
     assert settings.pki is not None
-    credentials = channel_credentials(settings.pki, _identity(settings))
-    # gRPC checks the server's host name; peers' certificates carry <peer>.quantmesh.local.
-    options = [("grpc.ssl_target_name_override", service_host_name(peer))]
-    return grpc.aio.secure_channel(address, credentials, options=options)
+    return peer_channel(address, settings.pki, _identity(settings), peer)
 
 
 def server_interceptors() -> Sequence[grpc.aio.ServerInterceptor[Any, Any]]:

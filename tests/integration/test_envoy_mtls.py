@@ -103,10 +103,19 @@ async def list_symbols(address: str, creds: grpc.ChannelCredentials | None) -> l
         return [info.name for info in reply.symbols]
 
 
+async def assert_refused(layout: MeshLayout, creds: grpc.ChannelCredentials | None) -> None:
+    """Market data's proxy ends the handshake: the call never reaches a method."""
+    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await list_symbols(address, creds)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
 async def test_a_granted_identity_gets_through_the_mesh(
     mesh: tuple[MeshLayout, Path], marketdata: ServiceRuntime
 ) -> None:
     layout, pki = mesh
+    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
     address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
     assert await list_symbols(address, channel_credentials(pki, "features")) == ["EURUSD"]
 
@@ -132,10 +141,7 @@ async def test_plaintext_is_refused(
     mesh: tuple[MeshLayout, Path], marketdata: ServiceRuntime
 ) -> None:
     layout, _ = mesh
-    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await list_symbols(address, None)
-    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    await assert_refused(layout, None)
 
 
 async def test_a_certificate_of_another_ca_is_refused(
@@ -149,10 +155,7 @@ async def test_a_certificate_of_another_ca_is_refused(
         private_key=private_key_pem(stranger.private_key),
         certificate_chain=certificate_pem(stranger.certificate),
     )
-    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await list_symbols(address, creds)
-    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    await assert_refused(layout, creds)
 
 
 async def test_no_client_certificate_is_refused(
@@ -160,10 +163,7 @@ async def test_no_client_certificate_is_refused(
 ) -> None:
     layout, pki = mesh
     creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes())
-    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await list_symbols(address, creds)
-    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    await assert_refused(layout, creds)
 
 
 async def test_an_expired_certificate_of_the_mesh_ca_is_refused(
@@ -180,9 +180,7 @@ async def test_an_expired_certificate_of_the_mesh_ca_is_refused(
         private_key=private_key_pem(expired.private_key),
         certificate_chain=certificate_pem(expired.certificate),
     )
-    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await list_symbols(address, creds)
-    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    await assert_refused(layout, creds)
     # The same identity with a valid certificate gets in: only the expiry was refused.
+    address = f"127.0.0.1:{layout.mesh_ports['marketdata']}"
     assert await list_symbols(address, channel_credentials(pki, "features")) == ["EURUSD"]

@@ -120,10 +120,11 @@ async def test_plaintext_and_a_foreign_ca_are_refused(server: tuple[str, Path, D
         assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
-def _served_serial(port: int, pki: Path) -> int:
+def served_serial(port: int, pki: Path, identity: str = "features") -> int:
+    """Serial of the certificate a mutual-TLS listener presents now, asked as ``identity``."""
     context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
     context.check_hostname = False
-    context.load_cert_chain(pki / "features" / "cert.pem", pki / "features" / "key.pem")
+    context.load_cert_chain(pki / identity / "cert.pem", pki / identity / "key.pem")
     context.set_alpn_protocols(["h2"])
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
@@ -146,7 +147,7 @@ async def test_a_proxyless_service_takes_a_rotated_certificate_without_dropping_
     runtime = build_runtime(MarketDataSettings(port=0), source=ReplaySource.eurusd())
     port = await runtime.start()
     try:
-        before = _served_serial(port, pki)
+        before = served_serial(port, pki)
         # Features' own channel: its certificate, and marketdata's name checked.
         monkeypatch.setenv("QUANTMESH_MESH_IDENTITY", "features")
         transport.mesh_settings.cache_clear()
@@ -156,7 +157,7 @@ async def test_a_proxyless_service_takes_a_rotated_certificate_without_dropping_
             await call.write(marketdata_pb2.SubscribeRequest(subscribe=subscription))
             assert (await call.read()).batch.seq == 0
             assert rotate(pki, renew_before=timedelta(days=365)) == ["features", "marketdata"]
-            after = _served_serial(port, pki)  # the next handshake has the new certificate
+            after = served_serial(port, pki)  # the next handshake has the new certificate
             await call.write(marketdata_pb2.SubscribeRequest(credit=common_pb2.Credit(batches=1)))
             assert (await call.read()).batch.seq > 0  # and the open stream still flows
             call.cancel()

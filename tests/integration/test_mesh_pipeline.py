@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
 
 from quantmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from quantmesh.common.v1 import common_pb2
@@ -42,6 +40,7 @@ from quantmesh.services.inference.testing import (
     train_direction_model,
 )
 from quantmesh.services.registry.core import ModelRegistry
+from tests.integration.test_mesh_direct import served_serial
 from tests.integration.test_order_path import ENV, QUIET, START, wait_until_done
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -157,27 +156,6 @@ def test_analytics_submitting_an_order_is_denied_logged_and_not_placed(
     assert "rbac_access_denied" in line
 
 
-def served_serial(port: int, pki: Path) -> int:
-    """Serial number of the certificate a mesh listener presents right now."""
-    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-    context.check_hostname = False
-    context.load_cert_chain(pki / "client" / "cert.pem", pki / "client" / "key.pem")
-    context.set_alpn_protocols(["h2"])
-    with (
-        ssl_socket(port, context) as sock,
-    ):
-        der = sock.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
-
-
-def ssl_socket(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
-    import socket
-
-    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
-    return context.wrap_socket(raw, server_hostname="localhost")
-
-
 def test_certificates_rotate_under_an_open_stream_without_dropping_it(
     mesh: RunningPipeline,
 ) -> None:
@@ -185,7 +163,7 @@ def test_certificates_rotate_under_an_open_stream_without_dropping_it(
     assert pki is not None
     assert mesh.edge_port is not None
     edge_port = mesh.edge_port
-    old_serial = served_serial(edge_port, pki)
+    old_serial = served_serial(edge_port, pki, "client")
 
     async def stream_across_rotation() -> tuple[int, int]:
         async with mesh.channel("marketdata") as channel:
@@ -200,7 +178,7 @@ def test_certificates_rotate_under_an_open_stream_without_dropping_it(
             deadline = time.monotonic() + 15
             while new_serial == old_serial and time.monotonic() < deadline:
                 await asyncio.sleep(0.25)
-                new_serial = served_serial(edge_port, pki)
+                new_serial = served_serial(edge_port, pki, "client")
             # The stream opened before rotation still flows: grant credit, get ticks.
             received = 0
             for _ in range(3):
@@ -282,10 +260,8 @@ def test_proxyless_mode_fills_orders_and_enforces_the_same_policy(
         assert pki is not None
 
         async def submit_as_analytics() -> grpc.aio.AioRpcError:
-            credentials = direct.channel_credentials(pki, "analytics")
-            options = [("grpc.ssl_target_name_override", "execution.quantmesh.local")]
             address = running["execution"].address
-            async with grpc.aio.secure_channel(address, credentials, options=options) as ch:
+            async with direct.peer_channel(address, pki, "analytics", "execution") as ch:
                 order = ex.Order(idempotency_key="analytics-was-here", account_id="paper")
                 with pytest.raises(grpc.aio.AioRpcError) as denied:
                     await execution_pb2_grpc.ExecutionServiceStub(ch).SubmitOrder(
