@@ -18,7 +18,15 @@ _out = Console()
 
 
 def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
-    from quantmesh.bench import features, inference, marketdata, mesh, order_path, signal_path
+    from quantmesh.bench import (
+        features,
+        inference,
+        marketdata,
+        mesh,
+        order_path,
+        signal_path,
+        tracing,
+    )
 
     return {
         "marketdata": marketdata.run,
@@ -27,6 +35,7 @@ def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
         "signal_path": signal_path.run,
         "order_path": order_path.run,
         "mesh": mesh.run,
+        "tracing": tracing.run,
     }
 
 

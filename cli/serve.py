@@ -12,6 +12,11 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from quantmesh.mesh.transport import MeshConfigError, set_identity
+from quantmesh.observability.tracing import (
+    TracingConfigError,
+    configure_tracing,
+    shutdown_tracing,
+)
 from quantmesh.runtime.config import format_config_error
 from quantmesh.runtime.logging import configure_logging
 from quantmesh.runtime.server import ServiceRuntime, StartupError
@@ -42,10 +47,13 @@ def _serve(
         raise typer.Exit(2) from None
     set_identity(runtime.name)  # its certificate, when the mesh is proxyless
     try:
+        configure_tracing(runtime.name)
         asyncio.run(runtime.run_until_signal())
-    except (StartupError, MeshConfigError) as error:
+    except (StartupError, MeshConfigError, TracingConfigError) as error:
         _err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
+    finally:
+        shutdown_tracing()  # export the spans still buffered
 
 
 HostOption = Annotated[str | None, typer.Option(help="Interface to listen on.")]

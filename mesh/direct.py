@@ -9,7 +9,7 @@ Anything else is PERMISSION_DENIED, and the denial is logged with caller and met
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -59,10 +59,19 @@ def peer_options(peer: str) -> list[tuple[str, str]]:
     return [("grpc.ssl_target_name_override", service_host_name(peer))]
 
 
-def peer_channel(address: str, pki_dir: Path, identity: str, peer: str) -> grpc.aio.Channel:
+def peer_channel(
+    address: str,
+    pki_dir: Path,
+    identity: str,
+    peer: str,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
     """An asyncio channel to ``peer`` at ``address``, presenting ``identity``'s certificate."""
     return grpc.aio.secure_channel(
-        address, channel_credentials(pki_dir, identity), options=peer_options(peer)
+        address,
+        channel_credentials(pki_dir, identity),
+        options=peer_options(peer),
+        interceptors=interceptors or None,
     )
 
 

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from quantmesh.mesh.direct import PolicyAuthorization, peer_channel
 from quantmesh.mesh.pki import CERT_FILE, KEY_FILE, TRUST_BUNDLE_FILE
 from quantmesh.mesh.policy import load_policy
+from quantmesh.observability import tracing
 
 MeshMode = Literal["plaintext", "direct"]
 
@@ -84,10 +85,12 @@ def _identity(settings: MeshSettings) -> str:
 def open_channel(address: str, peer: str) -> grpc.aio.Channel:
     """A channel to ``peer`` (a service name) at ``address``, secured as the mesh says."""
     settings = mesh_settings()
+    # RPC client spans that carry the current trace context in metadata.
+    interceptors = tracing.client_interceptors()
     if settings.mode == "plaintext":
-        return grpc.aio.insecure_channel(address)
+        return grpc.aio.insecure_channel(address, interceptors=interceptors or None)
     assert settings.pki is not None
-    return peer_channel(address, settings.pki, _identity(settings), peer)
+    return peer_channel(address, settings.pki, _identity(settings), peer, interceptors)
 
 
 def server_interceptors() -> Sequence[grpc.aio.ServerInterceptor[Any, Any]]:

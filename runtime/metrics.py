@@ -9,6 +9,10 @@ Stage latency is the time a stage spends computing one batch (features, inferenc
 decision) or one item (a risk evaluation, an order submission), not the time it waits
 for its upstream: it answers "which stage is slow", while the benchmarks answer "how
 long does a tick take to become an order".
+
+The backlog gauges add up the same way: ``quantmesh_stream_lag{stream=…}`` is the sum of
+the lags of the process's subscribers of that stream, ``quantmesh_audit_queue_depth`` the
+sum of its audit writers' depths.
 """
 
 from __future__ import annotations
@@ -61,6 +65,14 @@ MARKET_TIME = Gauge(
 )
 REPLAY_FINISHED = Gauge(
     "quantmesh_replay_finished", "1 once a service has consumed a whole finite replay.", ["service"]
+)
+STREAM_LAG = Gauge(
+    "quantmesh_stream_lag",
+    "Items a Subscribe stream sent and its consumers have not acked, summed over subscribers.",
+    ["stream"],
+)
+AUDIT_QUEUE_DEPTH = Gauge(
+    "quantmesh_audit_queue_depth", "Audit records queued or being written, not yet committed."
 )
 
 

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from quantmesh.mesh import transport
+from quantmesh.observability import tracing
 from quantmesh.runtime.config import ServiceSettings
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.metrics import serve_metrics
@@ -82,8 +83,13 @@ class ServiceRuntime:
 
     async def start(self) -> int:
         """Bind, start serving and return the bound port."""
-        # The mesh's policy check (proxyless mode) runs before any service interceptor.
-        interceptors = [*transport.server_interceptors(), *self._interceptors]
+        # The mesh's policy check (proxyless mode) runs before any service interceptor;
+        # then the RPC's server span, so the service's own spans are its children.
+        interceptors = [
+            *transport.server_interceptors(),
+            *tracing.server_interceptors(),
+            *self._interceptors,
+        ]
         server = grpc.aio.server(interceptors=interceptors, options=_SERVER_OPTIONS)
         self._register(server, self.shutdown)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

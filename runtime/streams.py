@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from quantmesh.runtime.errors import InvalidArgument, Unavailable
+from quantmesh.runtime.metrics import STREAM_LAG
 
 # How long a finished stream waits for its consumer to half-close after the end marker.
 END_OF_STREAM_GRACE_S = 10.0
@@ -45,7 +46,7 @@ class CreditFlow:
 
     ``credit`` counts batches the producer may still send; ``sent_through`` is the seq of
     the last item sent (``from_seq - 1`` before the first batch); ``acked_through`` the
-    highest seq acknowledged.
+    highest seq acknowledged; their difference is the :attr:`lag`.
     """
 
     credit: int
@@ -56,6 +57,7 @@ class CreditFlow:
 
     def __post_init__(self) -> None:
         self._changed = asyncio.Event()
+        self._lag_listener: Callable[[int], None] | None = None
 
     @classmethod
     def starting_at(cls, from_seq: int, initial_credit: int) -> CreditFlow:
@@ -76,7 +78,9 @@ class CreditFlow:
             raise InvalidArgument(
                 f"ack of seq {seq} is ahead of the stream: the last seq sent is {self.sent_through}"
             )
-        self.acked_through = max(self.acked_through, seq)
+        if seq > self.acked_through:
+            self.acked_through = seq
+            self._lag_changed()
 
     def fail(self, error: Exception) -> None:
         self.error = error
@@ -96,6 +100,21 @@ class CreditFlow:
     def on_sent(self, last_seq: int) -> None:
         self.credit -= 1
         self.sent_through = last_seq
+        self._lag_changed()
+
+    @property
+    def lag(self) -> int:
+        """Items sent and not yet acknowledged: ``sent_through - acked_through``."""
+        return self.sent_through - self.acked_through
+
+    def observe_lag(self, listener: Callable[[int], None] | None) -> None:
+        """Call ``listener(lag)`` now and after every send or ack that moves it; None stops."""
+        self._lag_listener = listener
+        self._lag_changed()
+
+    def _lag_changed(self) -> None:
+        if self._lag_listener is not None:
+            self._lag_listener(self.lag)
 
     async def wait_for_credit(self, shutdown: asyncio.Event) -> bool:
         """Wait until a batch may be sent. False means the stream should end normally."""
@@ -161,12 +180,29 @@ async def read_controls(requests: AsyncIterator[Any], flow: CreditFlow) -> None:
     flow.finish_input()
 
 
+class _LagShare:
+    """One subscriber's part of ``quantmesh_stream_lag{stream=…}``, which sums them all."""
+
+    def __init__(self, stream: str) -> None:
+        self._gauge = STREAM_LAG.labels(stream)
+        self._reported = 0
+
+    def update(self, lag: int) -> None:
+        self._gauge.inc(lag - self._reported)
+        self._reported = lag
+
+    def withdraw(self) -> None:
+        self.update(0)
+
+
 async def produce(
     batches: AsyncIterable[BatchT],
     flow: CreditFlow,
     shutdown: asyncio.Event,
     to_message: Callable[[BatchT], MessageT],
     end_of_stream: Callable[[int], MessageT] | None = None,
+    *,
+    stream: str = "",
 ) -> AsyncIterator[MessageT]:
     """Yield messages for ``batches`` as credit allows, recording what was sent.
 
@@ -175,15 +211,24 @@ async def produce(
     ``END_OF_STREAM_GRACE_S``): a consumer may still be writing acks and credit for
     batches it has not read yet, and a write to a call that has ended fails in a way
     that hides how it ended.
+
+    While it runs, the flow's lag (items sent, not yet acked) counts in
+    ``quantmesh_stream_lag{stream=stream}``; however the stream ends, it stops counting.
     """
-    async for batch in batches:
-        if not await flow.wait_for_credit(shutdown):
-            return
-        message = to_message(batch)
-        flow.on_sent(batch.seq + len(batch) - 1)
-        yield message
-    if end_of_stream is not None:
-        yield end_of_stream(flow.sent_through + 1)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(END_OF_STREAM_GRACE_S):
-                await flow.wait_for_consumer_close()
+    lag = _LagShare(stream)
+    flow.observe_lag(lag.update)
+    try:
+        async for batch in batches:
+            if not await flow.wait_for_credit(shutdown):
+                return
+            message = to_message(batch)
+            flow.on_sent(batch.seq + len(batch) - 1)
+            yield message
+        if end_of_stream is not None:
+            yield end_of_stream(flow.sent_through + 1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(END_OF_STREAM_GRACE_S):
+                    await flow.wait_for_consumer_close()
+    finally:
+        flow.observe_lag(None)
+        lag.withdraw()

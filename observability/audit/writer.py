@@ -11,7 +11,8 @@ Backpressure, not loss
     The queue holds at most ``max_queue`` records. While it has room, ``submit`` returns
     at once; when it is full, ``submit`` waits until the drain makes room. Records are
     never dropped to keep up: a stage that outruns the disk slows down, visibly, in
-    :attr:`AuditWriter.depth`.
+    :attr:`AuditWriter.depth` and in the ``quantmesh_audit_queue_depth`` gauge (the sum of
+    the depths of the process's writers).
 
 What a crash can lose (the durability rule)
     ``submit`` returns a future that resolves to the stored record (its index and hash)
@@ -38,6 +39,7 @@ from quantmesh.observability.audit.chain import AuditRecord
 from quantmesh.observability.audit.store import AuditStore, NewRecord, PreparedRecord, prepare
 from quantmesh.runtime.errors import Unavailable
 from quantmesh.runtime.logging import get_logger
+from quantmesh.runtime.metrics import AUDIT_QUEUE_DEPTH
 
 __all__ = ["AuditWriter"]
 
@@ -129,10 +131,12 @@ class AuditWriter:
         acknowledged: asyncio.Future[AuditRecord] = asyncio.get_running_loop().create_future()
         acknowledged.add_done_callback(_retrieve)
         self._pending += 1
+        AUDIT_QUEUE_DEPTH.inc()
         try:
             await self._queue.put(_Queued(prepared, acknowledged))
         except BaseException:
             self._pending -= 1  # cancelled while waiting for room: never queued
+            AUDIT_QUEUE_DEPTH.dec()
             acknowledged.cancel()
             raise
         return acknowledged
@@ -176,6 +180,7 @@ class AuditWriter:
                 await self._write(batch)
             finally:
                 self._pending -= len(batch)
+                AUDIT_QUEUE_DEPTH.dec(len(batch))
                 for _ in batch:
                     self._queue.task_done()
 

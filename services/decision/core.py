@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from quantmesh.runtime.errors import InvalidArgument
@@ -55,16 +55,20 @@ async def numbered_signals(
     inputs: AsyncIterator[list[DecisionInput]],
     policy: DecisionPolicy,
     request: SignalSubscription,
+    on_decided: Callable[[Sequence[Decision]], None] | None = None,
 ) -> AsyncIterator[NumberedSignals]:
     """Decide on every input, keep what the consumer wants, number from 0, skip to from_seq.
 
     The policy sees every input even when its signals are skipped, so a resumed stream
-    makes the same decisions as an uninterrupted one.
+    makes the same decisions as an uninterrupted one. ``on_decided`` sees every
+    decision, HOLD included (the adapter records their spans).
     """
     next_seq = 0
     async for group in inputs:
         with timed("decision"):
             decisions = [policy.decide(row) for row in group]
+        if on_decided is not None:
+            on_decided(decisions)
         kept = [d for d in decisions if request.include_hold or d.action is not Action.HOLD]
         start = max(0, request.from_seq - next_seq)
         for decision in kept[start:]:

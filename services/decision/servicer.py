@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -12,13 +12,15 @@ import grpc
 from quantmesh.decision.v1 import decision_pb2, decision_pb2_grpc
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from quantmesh.mesh.transport import open_channel
+from quantmesh.observability import tracing
 from quantmesh.runtime.errors import NotFound, Unavailable, abort_on_domain_error
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
 from quantmesh.services.decision import convert
 from quantmesh.services.decision.config import DecisionSettings
-from quantmesh.services.decision.core import numbered_signals, validate
+from quantmesh.services.decision.core import NumberedSignals, numbered_signals, validate
 from quantmesh.services.decision.policy import DecisionPolicy, PolicyConfig
+from quantmesh.services.decision.spans import SignalSpans
 from quantmesh.services.decision.upstream import PredictionSubscriber, joined_inputs
 from quantmesh.services.features.client import FeatureSubscriber
 from quantmesh.services.registry.core import ModelRegistry
@@ -74,15 +76,29 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 ):
                     digits = await self._digits(marketdata, request.symbols)
                     symbols = sorted(digits)
+                    spans = SignalSpans() if tracing.enabled() else None
+                    predictions = PredictionSubscriber(
+                        inference, symbols, [settings.model_name]
+                    ).batches()
                     inputs = joined_inputs(
                         FeatureSubscriber(features, symbols).batches(),
-                        PredictionSubscriber(inference, symbols, [settings.model_name]).batches(),
+                        predictions if spans is None else spans.observe(predictions),
                         digits,
                         self._model_info,
                     )
-                    signals = numbered_signals(inputs, self._policy(), request)
+                    signals = numbered_signals(
+                        inputs,
+                        self._policy(),
+                        request,
+                        on_decided=None if spans is None else spans.on_decided,
+                    )
                     async for message in produce(
-                        signals, flow, self._shutdown, convert.encode, convert.end_of_stream
+                        signals,
+                        flow,
+                        self._shutdown,
+                        _encoder(spans),
+                        convert.end_of_stream,
+                        stream="decision",
                     ):
                         yield message
             except grpc.aio.AioRpcError as error:
@@ -105,3 +121,17 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                 f"{', '.join(served)}"
             )
         return {name: served[name] for name in (wanted or tuple(served))}
+
+
+def _encoder(
+    spans: SignalSpans | None,
+) -> Callable[[NumberedSignals], decision_pb2.SubscribeResponse]:
+    if spans is None:
+        return convert.encode
+
+    def encode(numbered: NumberedSignals) -> decision_pb2.SubscribeResponse:
+        message = convert.encode(numbered)
+        spans.stamp(message)
+        return message
+
+    return encode

@@ -700,7 +700,16 @@ class ExecutionEngine:
             position_id=event.position_id,
         )
         position = self._book.positions.get(event.position_id)
-        request = dataclasses.replace(request, signal_id=position.signal_id if position else "")
+        if position is not None:
+            # A stop or target closes what a decision opened: it joins that decision's
+            # story (audit log) and trace.
+            opening = self.store.order(position.order_id)
+            request = dataclasses.replace(
+                request,
+                signal_id=position.signal_id,
+                traceparent=opening.traceparent if opening else "",
+                tracestate=opening.tracestate if opening else "",
+            )
         order = new_order(
             request, f"O{tx.next_id('order')}", self.account_id, event.time_ms, event.origin
         )

@@ -33,7 +33,7 @@ from quantmesh.runtime.metrics import (
     timed,
 )
 from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
-from quantmesh.services.execution import convert
+from quantmesh.services.execution import convert, spans
 from quantmesh.services.execution.accounts import PositionView
 from quantmesh.services.execution.clock import ClockMode, MarketClock
 from quantmesh.services.execution.core import ExecutionEngine
@@ -99,17 +99,19 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         self, request: execution_pb2.SubmitOrderRequest, context: Context
     ) -> execution_pb2.SubmitOrderResponse:
         async with abort_on_domain_error(context):
-            order_request = convert.order_request_from_proto(
-                request.order, self._account, self._symbols
-            )
-            decided_ms = request.order.risk_decision.time_msc
-            if self._clock.mode is ClockMode.PIPELINE and decided_ms > 0:
-                # A replayed order meets the market of its decision's moment, never an
-                # earlier one (e.g. after a restart, before risk grants time again).
-                await self._clock.grant(decided_ms)
-                await self._clock.wait_through(decided_ms)
-            with timed("execution"):
-                order, duplicate = await asyncio.to_thread(self._engine.submit, order_request)
+            with spans.order_span(request.order, self._engine.broker.name) as span:
+                order_request = convert.order_request_from_proto(
+                    request.order, self._account, self._symbols
+                )
+                decided_ms = request.order.risk_decision.time_msc
+                if self._clock.mode is ClockMode.PIPELINE and decided_ms > 0:
+                    # A replayed order meets the market of its decision's moment, never an
+                    # earlier one (e.g. after a restart, before risk grants time again).
+                    await self._clock.grant(decided_ms)
+                    await self._clock.wait_through(decided_ms)
+                with timed("execution"):
+                    order, duplicate = await asyncio.to_thread(self._engine.submit, order_request)
+                spans.record_order(span, order, duplicate)
         return execution_pb2.SubmitOrderResponse(order=self._order(order), duplicate=duplicate)
 
     async def CancelOrder(
@@ -214,7 +216,9 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             reader = asyncio.create_task(read_controls(request_iterator, flow))
             try:
                 batches = self._report_batches(subscription.from_seq, batch_size)
-                async for message in produce(batches, flow, self._shutdown, self._encode):
+                async for message in produce(
+                    batches, flow, self._shutdown, self._encode, stream="execution"
+                ):
                     yield message
             finally:
                 reader.cancel()
@@ -321,6 +325,7 @@ class ReportSignal:
         self._loop = loop
 
     def __call__(self, reports: Sequence[ExecutionReport]) -> None:
+        spans.record_fills(reports)
         for report in reports:
             EXECUTION_REPORTS.labels(report.state.name).inc()
             if report.state is OrderState.NEW:

@@ -22,6 +22,7 @@ class FeatureSubscriber(StreamSubscriber[features_pb2.FeatureBatch]):
         window: int = 16,
         feature_names: Sequence[str] = (),
         max_resumes: int = 10,
+        trace_rows: bool = False,
     ) -> None:
         stub = features_pb2_grpc.FeaturesServiceStub(channel)
 
@@ -32,6 +33,7 @@ class FeatureSubscriber(StreamSubscriber[features_pb2.FeatureBatch]):
                 batch_size=batch_size,
                 initial_credit=initial_credit,
                 feature_names=list(feature_names),
+                trace_rows=trace_rows,
             )
 
         spec: StreamSpec[features_pb2.FeatureBatch] = StreamSpec(

@@ -15,6 +15,7 @@ def subscription_from_proto(message: features_pb2.Subscription) -> FeatureSubscr
         batch_size=message.batch_size,
         initial_credit=message.initial_credit,
         feature_names=list(message.feature_names),
+        trace_rows=message.trace_rows,
     )
 
 

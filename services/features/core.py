@@ -34,6 +34,7 @@ class FeatureSubscription:
     batch_size: int = 0
     initial_credit: int = 0
     feature_names: Sequence[str] = ()
+    trace_rows: bool = False  # start a decision trace per row (see the .proto)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class FeaturePlan:
     initial_credit: int
     feature_names: tuple[str, ...]
     columns: np.ndarray  # indices of feature_names in FEATURE_NAMES
+    trace_rows: bool = False
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -89,6 +91,7 @@ def plan_subscription(request: FeatureSubscription, served: Sequence[Symbol]) ->
         initial_credit=request.initial_credit,
         feature_names=feature_names,
         columns=columns,
+        trace_rows=request.trace_rows,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -11,12 +11,19 @@ import grpc
 from quantmesh.features.v1 import features_pb2, features_pb2_grpc
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from quantmesh.mesh.transport import open_channel
+from quantmesh.observability import tracing
 from quantmesh.runtime.errors import Unavailable, abort_on_domain_error
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
 from quantmesh.services.features import convert
 from quantmesh.services.features.config import FeaturesSettings
-from quantmesh.services.features.core import FeaturePlan, numbered_rows, plan_subscription
+from quantmesh.services.features.core import (
+    FeaturePlan,
+    NumberedRows,
+    numbered_rows,
+    plan_subscription,
+)
+from quantmesh.services.features.spans import RowSpans
 from quantmesh.services.marketdata.client import TickSubscriber
 from quantmesh.services.marketdata.convert import symbol_from_proto, tick_columns_from_proto
 from quantmesh.services.marketdata.sources import TickColumns
@@ -58,10 +65,16 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
                     symbols=[symbol.name for symbol in plan.symbols],
                     from_seq=plan.from_seq,
                 )
+                spans = (
+                    RowSpans(tuple(s.name for s in plan.symbols)) if self._traced(plan) else None
+                )
                 try:
-                    rows = numbered_rows(self._ticks(channel, plan), plan)
-                    encode = convert.FeatureBatchEncoder(plan)
-                    async for message in produce(rows, flow, self._shutdown, encode, encode.end):
+                    rows = numbered_rows(self._ticks(channel, plan, spans), plan)
+                    encoder = convert.FeatureBatchEncoder(plan)
+                    encode = encoder if spans is None else _traced(encoder, spans)
+                    async for message in produce(
+                        rows, flow, self._shutdown, encode, encoder.end, stream="features"
+                    ):
                         yield message
                 except grpc.aio.AioRpcError as error:
                     raise Unavailable(self._upstream_failure(error, flow)) from None
@@ -83,8 +96,12 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
         served = [symbol_from_proto(info) for info in listing.symbols]
         return plan_subscription(convert.subscription_from_proto(message), served)
 
+    @staticmethod
+    def _traced(plan: FeaturePlan) -> bool:
+        return plan.trace_rows and tracing.enabled()
+
     async def _ticks(
-        self, channel: grpc.aio.Channel, plan: FeaturePlan
+        self, channel: grpc.aio.Channel, plan: FeaturePlan, spans: RowSpans | None
     ) -> AsyncIterator[TickColumns]:
         subscriber = TickSubscriber(
             channel,
@@ -94,6 +111,8 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
             speed=self._settings.tick_speed,
         )
         async for batch in subscriber.batches():
+            if spans is not None:
+                spans.on_tick_batch(batch)
             yield tick_columns_from_proto(batch)
 
     def _upstream_failure(self, error: grpc.aio.AioRpcError, flow: CreditFlow) -> str:
@@ -101,3 +120,14 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
             f"market data at {self._settings.marketdata_address} failed ({error.code().name}: "
             f"{error.details()}); resubscribe with from_seq={flow.sent_through + 1}"
         )
+
+
+def _traced(
+    encoder: convert.FeatureBatchEncoder, spans: RowSpans
+) -> Callable[[NumberedRows], features_pb2.SubscribeResponse]:
+    def encode(numbered: NumberedRows) -> features_pb2.SubscribeResponse:
+        message = encoder(numbered)
+        spans.start_traces(numbered, message.batch)
+        return message
+
+    return encode

@@ -248,7 +248,11 @@ class Prediction:
     model: LoadedModel
     probability_up: np.ndarray  # FP32 [N]
     feature_digest: np.ndarray  # uint64 [N]
-    cache_hits: int
+    cached: np.ndarray  # bool [N]: the row's answer came from the cache
+
+    @property
+    def cache_hits(self) -> int:
+        return int(self.cached.sum())
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,9 +396,12 @@ class ModelServer:
             if cached is None:
                 fresh = model.predict(features)
                 self.cache.store(sha, np.array([digest], np.uint64), fresh)
-                return Prediction(model, fresh, np.array([digest], np.uint64), 0)
+                return Prediction(model, fresh, np.array([digest], np.uint64), np.zeros(1, bool))
             return Prediction(
-                model, np.array([cached], np.float32), np.array([digest], np.uint64), 1
+                model,
+                np.array([cached], np.float32),
+                np.array([digest], np.uint64),
+                np.ones(1, bool),
             )
         if digests is None:
             digests = feature_digests(features)
@@ -404,7 +411,7 @@ class ModelServer:
             fresh = model.predict(features if misses == len(features) else features[missing])
             probabilities[missing] = fresh
             self.cache.store(sha, digests[missing], fresh)
-        return Prediction(model, probabilities, digests, len(features) - misses)
+        return Prediction(model, probabilities, digests, ~missing)
 
     def _lookup(self, name: str, alias: str = "", version: int | str = "") -> ModelVersion:
         if alias:

@@ -24,6 +24,7 @@ from quantmesh.inference.v1 import (
     open_inference_pb2_grpc,
 )
 from quantmesh.mesh.transport import open_channel
+from quantmesh.observability import tracing
 from quantmesh.runtime.errors import (
     DomainError,
     FailedPrecondition,
@@ -38,6 +39,7 @@ from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, r
 from quantmesh.services.features.client import FeatureSubscriber
 from quantmesh.services.inference import convert
 from quantmesh.services.inference.core import PLATFORM, ModelServer
+from quantmesh.services.inference.spans import PredictionSpans
 from quantmesh.services.inference.stream import PendingBatch, StreamPredictor, plan_stream
 
 OPEN_INFERENCE_SERVICE = open_inference_pb2.DESCRIPTOR.services_by_name[
@@ -202,18 +204,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             address = self._features_address
             try:
                 async with open_channel(address, "features") as channel:
+                    # Each feature row starts a decision's trace when inference traces.
+                    spans = PredictionSpans() if tracing.enabled() else None
                     subscriber = FeatureSubscriber(
                         channel,
                         plan.symbols,
                         from_seq=plan.feature_from_seq,
                         batch_size=plan.feature_batch_size,
+                        trace_rows=spans is not None,
                     )
-                    pending = _pending(subscriber.batches(), predict)
+                    pending = _pending(subscriber.batches(), predict, spans)
 
                     def encode(batch: PendingBatch) -> inference_pb2.SubscribeResponse:
-                        return convert.prediction_batch_to_proto(predict(batch))
+                        columns = predict(batch)
+                        message = convert.prediction_batch_to_proto(columns)
+                        if spans is not None:
+                            spans.record(columns, message.batch)
+                        return message
 
-                    async for message in produce(pending, flow, self._shutdown, encode):
+                    async for message in produce(
+                        pending, flow, self._shutdown, encode, stream="inference"
+                    ):
                         yield message
             except grpc.aio.AioRpcError as error:
                 # The subscriber already retried what was retryable; the consumer may too.
@@ -224,10 +235,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
 
 async def _pending(
-    batches: AsyncIterator[features_pb2.FeatureBatch], predict: StreamPredictor
+    batches: AsyncIterator[features_pb2.FeatureBatch],
+    predict: StreamPredictor,
+    spans: PredictionSpans | None,
 ) -> AsyncIterator[PendingBatch]:
     # Predicted later, in encode(): produce() reads one batch ahead of the credit.
     async for batch in batches:
+        if spans is not None:
+            spans.on_feature_batch(batch)
         yield predict.pending(convert.feature_columns_from_proto(batch))
 
 

@@ -19,8 +19,9 @@ rows for a fixed list of models. Numbering is what makes resume exact:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -75,6 +76,8 @@ class PredictionColumns:
     predicted_class: np.ndarray  # PredictedClass numbers
     feature_digest: np.ndarray  # uint64
     feature_seq: np.ndarray  # uint64
+    cache_hit: np.ndarray  # bool: the prediction came from the cache
+    seconds: float = 0.0  # time the batch took to predict
 
     def __len__(self) -> int:
         return len(self.time_msc)
@@ -201,8 +204,10 @@ class StreamPredictor:
 
     def __call__(self, pending: PendingBatch) -> PredictionColumns:
         """The prediction rows of a pending batch, ``M`` per feature row."""
+        started = time.perf_counter()
         with timed("inference"):
-            return self._predict(pending)
+            columns = self._predict(pending)
+        return replace(columns, seconds=time.perf_counter() - started)
 
     def _predict(self, pending: PendingBatch) -> PredictionColumns:
         batch = pending.features
@@ -210,6 +215,7 @@ class StreamPredictor:
         m, rows = len(models), len(batch)
         probability = np.full((rows, m), np.nan)
         digest = np.zeros((rows, m), np.uint64)
+        cached = np.zeros((rows, m), bool)
         for j, model in enumerate(models):
             key = (model.record.sha256, batch.feature_names)
             columns = self._columns.get(key)
@@ -224,6 +230,7 @@ class StreamPredictor:
                     model, inputs[ready].astype(np.float32), digest[ready, j]
                 )
                 probability[ready, j] = prediction.probability_up
+                cached[ready, j] = prediction.cached
         refs = tuple(ModelRef(model.name, model.version, model.alias) for model in models)
         start = pending.skip
         flat = probability.reshape(-1)[start:]
@@ -238,4 +245,5 @@ class StreamPredictor:
             predicted_class=classify(flat),
             feature_digest=digest.reshape(-1)[start:],
             feature_seq=np.repeat(batch.seq + np.arange(rows, dtype=np.uint64), m)[start:],
+            cache_hit=cached.reshape(-1)[start:],
         )

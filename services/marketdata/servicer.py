@@ -9,10 +9,11 @@ from typing import Any
 import grpc
 
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
+from quantmesh.observability import tracing
 from quantmesh.runtime.errors import InvalidArgument, abort_on_domain_error
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.streams import CreditFlow, first_subscription, produce, read_controls
-from quantmesh.services.marketdata import convert
+from quantmesh.services.marketdata import convert, spans
 from quantmesh.services.marketdata.core import MarketData, paced
 from quantmesh.services.marketdata.sources import TickColumns
 
@@ -98,16 +99,22 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
             )
             encoder = convert.TickBatchEncoder(plan.symbols, plan.total)
             encode: Callable[[TickColumns], marketdata_pb2.SubscribeResponse] = encoder
-            if self._on_batch is not None:
-                observe = self._on_batch
+            observe = self._on_batch
+            if observe is not None or tracing.enabled():
 
                 def encode(columns: TickColumns) -> marketdata_pb2.SubscribeResponse:
-                    observe(columns)
-                    return encoder(columns)
+                    if observe is not None:
+                        observe(columns)
+                    message = encoder(columns)
+                    if tracing.enabled():
+                        spans.record_batch(message.batch, peer)
+                    return message
 
             try:
                 batches = paced(plan.batches(), plan.speed)
-                async for message in produce(batches, flow, self._shutdown, encode, encoder.end):
+                async for message in produce(
+                    batches, flow, self._shutdown, encode, encoder.end, stream="marketdata"
+                ):
                     yield message
             finally:
                 reader.cancel()

@@ -38,6 +38,7 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from opentelemetry.trace import Span
 
 from quantmesh.common.v1 import common_pb2
 from quantmesh.decision.v1 import decision_pb2
@@ -59,7 +60,7 @@ from quantmesh.services.decision.client import SignalSubscriber
 from quantmesh.services.decision.policy import Action
 from quantmesh.services.execution.clock import END_OF_TIME_MS  # open the feed for good
 from quantmesh.services.execution.convert import lots_from_proto, lots_to_proto
-from quantmesh.services.risk import convert
+from quantmesh.services.risk import convert, spans
 from quantmesh.services.risk.convert import QuoteBook
 from quantmesh.services.risk.core import AccountState, RiskDecision, SignalView
 from quantmesh.services.risk.servicer import EXECUTION_TIMEOUT_SECONDS, read_account
@@ -357,12 +358,16 @@ class RiskDriver:
     ) -> None:
         started = time.perf_counter()
         try:
-            await self._trade(signal, execution)
+            with spans.evaluation_span(signal, self.account_id) as span:
+                await self._trade(signal, execution, span)
         finally:
             self.stats.signal_latency.add(time.perf_counter() - started)
 
     async def _trade(
-        self, signal: decision_pb2.Signal, execution: execution_pb2_grpc.ExecutionServiceAsyncStub
+        self,
+        signal: decision_pb2.Signal,
+        execution: execution_pb2_grpc.ExecutionServiceAsyncStub,
+        span: Span | None = None,
     ) -> None:
         try:
             spec = convert.symbol_spec(signal.symbol, self._symbols)
@@ -401,7 +406,9 @@ class RiskDriver:
         self.stats.evaluated += 1
         self.stats.evaluate_latency.add(seconds)
         STAGE_SECONDS.labels("risk").observe(seconds)
-        message = convert.decision_to_proto(decision, signal.trace)
+        spans.record_decision(span, decision)
+        trace = spans.trace_context(span, signal.trace)
+        message = convert.decision_to_proto(decision, trace)
         await self._record(RecordKind.SIGNAL, signal, signal)
         await self._record(RecordKind.RISK_DECISION, signal, message)
         if not decision.approved:
@@ -416,7 +423,7 @@ class RiskDriver:
         self.stats.approved += 1
         RISK_DECISIONS.labels("approved").inc()
         evaluated = time.perf_counter()
-        for order in self._orders(signal, decision, message, positions):
+        for order in self._orders(signal, decision, message, positions, trace):
             outcome = await self._submit(order, execution)
             await self._record(RecordKind.ORDER, signal, outcome[0], outcome=outcome[1])
         _log.debug(
@@ -433,6 +440,7 @@ class RiskDriver:
         decision: RiskDecision,
         message: risk_pb2.RiskDecision,
         positions: Sequence[execution_pb2.Position],
+        trace: common_pb2.TraceContext,
     ) -> list[execution_pb2.Order]:
         """The orders an approved decision asks for: one to open, or one per position to close."""
         base = execution_pb2.Order(
@@ -442,7 +450,7 @@ class RiskDriver:
             deviation_points=self.deviation_points,
             risk_decision=message,
             signal_id=signal.signal_id,
-            trace=signal.trace,
+            trace=trace,
             model_name=signal.model_name,
             model_version=signal.model_version,
         )

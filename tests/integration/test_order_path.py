@@ -31,6 +31,7 @@ from quantmesh.execution.v1 import execution_pb2_grpc
 from quantmesh.mesh.launcher import PIPELINE, ServiceProcess, local_pipeline
 from quantmesh.observability.audit.chain import RecordKind
 from quantmesh.observability.audit.store import AuditStore
+from quantmesh.observability.receiver import ReceivedSpan, SpanReceiver
 from quantmesh.services.decision.client import SignalSubscriber
 from quantmesh.services.execution.client import ExecutionReportSubscriber
 from quantmesh.services.execution.convert import money_from_proto as money
@@ -66,6 +67,7 @@ class Outcome:
     rejected: float
     broker_keys: list[tuple[str, int]]
     home: Path
+    spans: list[ReceivedSpan]
 
     def fills(self) -> list[tuple[str, int, int, int, int]]:
         """(key, price, lots, nanolots, time) of every fill, in report order."""
@@ -170,13 +172,22 @@ async def read_outcome(running: dict[str, ServiceProcess], dashboard: Dashboard)
         approved=total(dashboard.samples, "quantmesh_risk_decisions_total", outcome="approved"),
         rejected=total(dashboard.samples, "quantmesh_risk_decisions_total", outcome="rejected"),
         broker_keys=broker_keys,
+        spans=[],
     )
 
 
-def run_platform(home: Path, during: Callable[[Dashboard], None] | None = None) -> Outcome:
-    with local_pipeline(home, services=tuple(PIPELINE), env=ENV | QUIET, metrics=True) as running:
-        dashboard = wait_until_done(running, during)
-        return asyncio.run(read_outcome(running, dashboard))
+def run_platform(
+    home: Path, during: Callable[[Dashboard], None] | None = None, traced: bool = False
+) -> Outcome:
+    """Run the replay to its end; with ``traced``, every service exports its spans."""
+    with SpanReceiver() as receiver:
+        env = ENV | QUIET | (receiver.environment() if traced else {})
+        with local_pipeline(home, services=tuple(PIPELINE), env=env, metrics=True) as running:
+            dashboard = wait_until_done(running, during)
+            outcome = asyncio.run(read_outcome(running, dashboard))
+        # The services have stopped, and exported what they buffered on the way out.
+        outcome.spans = receiver.spans()
+        return outcome
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +210,8 @@ def model_home(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 
 @pytest.fixture(scope="module")
 def clean_run(model_home: Callable[[str], Path]) -> Outcome:
-    return run_platform(model_home("clean"))
+    # Traced: the crash run, untraced, must still trade exactly as this one did.
+    return run_platform(model_home("clean"), traced=True)
 
 
 def test_signals_become_risk_approved_orders_and_fills(clean_run: Outcome) -> None:
@@ -307,3 +319,77 @@ def test_every_risk_decision_and_order_is_in_a_verified_audit_log(clean_run: Out
                 ]
                 assert any(r.get("fill_volume") for r in reports), kinds
                 assert any(r.producer == "spiffe://quantmesh.local/analytics" for r in story)
+
+
+DECISION_STAGES = ["features.row", "inference.predict", "decision.policy", "risk.evaluate"]
+
+
+def test_each_traded_decision_is_one_trace_across_every_service(clean_run: Outcome) -> None:
+    spans = clean_run.spans
+    by_trace: dict[str, list[ReceivedSpan]] = {}
+    for span in spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+    evaluated = [s for s in spans if s.name == "risk.evaluate"]
+    assert len(evaluated) == clean_run.approved + clean_run.rejected
+    # One trace per decision: risk's span of each decision id lives in its own trace.
+    decision_ids = [s.attributes["quantmesh.decision.id"] for s in evaluated]
+    assert len(set(decision_ids)) == len(decision_ids)
+    assert len({s.trace_id for s in evaluated}) == len(evaluated)
+    orders = {o.signal_id: o for o in clean_run.orders if o.risk_decision.signal_id}
+    with AuditStore(clean_run.home / "audit" / "audit.sqlite3", create=False) as audit:
+        for risk_span in evaluated:
+            decision_id = risk_span.attributes["quantmesh.decision.id"]
+            trace = by_trace[risk_span.trace_id]
+            by_id = {s.span_id: s for s in trace}
+            names = [s.name for s in trace]
+            for stage in DECISION_STAGES:
+                assert names.count(stage) == 1, (stage, names)
+            features, inference, policy, risk = (
+                next(s for s in trace if s.name == stage) for stage in DECISION_STAGES
+            )
+            # features → inference → policy → risk, each the parent of the next.
+            assert features.parent_span_id == ""
+            assert inference.parent_span_id == features.span_id
+            assert policy.parent_span_id == inference.span_id
+            assert risk.parent_span_id == policy.span_id
+            assert [s.service for s in (features, inference, policy, risk)] == [
+                "features",
+                "inference",
+                "decision",
+                "risk",
+            ]
+            # The attributes a person needs to explain the decision.
+            assert features.links, "the features span links to its tick batches"
+            assert features.attributes["quantmesh.features.tick_seq_last"] >= 0
+            assert inference.attributes["quantmesh.model.name"] == MODEL_NAME
+            assert inference.attributes["quantmesh.model.alias"] == "champion"
+            assert len(inference.attributes["quantmesh.inference.input_digest"]) == 16
+            assert 0 <= inference.attributes["quantmesh.inference.probability_up"] <= 1
+            assert "quantmesh.inference.cache_hit" in inference.attributes
+            assert policy.attributes["quantmesh.decision.id"] == decision_id
+            assert policy.attributes["quantmesh.decision.reason"]
+            verdicts = [e for e in risk.events if e[0] == "risk.rule"]
+            assert len(verdicts) == RULES
+            assert sum(k.startswith("quantmesh.risk.rule.") for k in risk.attributes) == RULES
+            if decision_id in orders:
+                # risk → SubmitOrder (client) → SubmitOrder (server) → execution.order
+                order_spans = [s for s in trace if s.name == "execution.order"]
+                assert order_spans
+                assert all(s.service == "execution" for s in order_spans)
+                for order_span in order_spans:
+                    server = by_id[order_span.parent_span_id]
+                    assert server.name.endswith("ExecutionService/SubmitOrder")
+                    assert server.service == "execution"
+                    assert server.attributes["rpc.system"] == "grpc"
+                    client = by_id[server.parent_span_id]
+                    assert client.service == "risk"
+                    assert client.parent_span_id == risk.span_id
+                    assert order_span.attributes["quantmesh.execution.broker"]
+                if orders[decision_id].state == ex.ORDER_STATE_FILLED:
+                    fills = [s for s in trace if s.name == "execution.fill"]
+                    assert fills
+                    assert {by_id[f.parent_span_id].name for f in fills} == {"execution.order"}
+            # The audit log's records of the decision name the same trace.
+            story = audit.decision(decision_id=decision_id)
+            assert story
+            assert {record.trace_id for record in story} == {risk_span.trace_id}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from quantmesh.cli.audit import app
@@ -356,6 +357,26 @@ async def test_writer_acknowledges_every_record_once_committed(store: AuditStore
     assert store.verify().ok
 
 
+def queue_depth() -> float:
+    value = REGISTRY.get_sample_value("quantmesh_audit_queue_depth")
+    assert value is not None
+    return value
+
+
+async def test_writer_depth_gauge_counts_records_until_committed(store: AuditStore) -> None:
+    before = queue_depth()
+    async with AuditWriter(store, max_batch=2) as writer:
+        for n in range(5):
+            await writer.submit(new(f"sig-{n}"))  # room in the queue: the drain has not run
+        assert queue_depth() - before == 5 == writer.depth
+        await writer.flush()
+        assert queue_depth() == before
+    with pytest.raises(InvalidArgument):
+        async with AuditWriter(store) as writer:
+            await writer.submit(new(trace_id="nope"))  # refused before it is queued
+    assert queue_depth() == before
+
+
 async def test_writer_when_the_queue_is_full_waits_instead_of_dropping(
     store: AuditStore,
 ) -> None:
@@ -404,6 +425,7 @@ async def test_writer_when_a_batch_cannot_be_written_fails_its_futures(
         with pytest.raises(sqlite3.ProgrammingError):
             await future
         assert (writer.failed, writer.depth) == (1, 0)
+        assert queue_depth() == 0
 
 
 # ---------------------------------------------------------------- the CLI

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from quantmesh.common.v1 import common_pb2 as quantmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$quantmesh/features/v1/features.proto\x12\x15quantmesh.features.v1\x1a quantmesh/common/v1/common.proto\"\x19\n\x17GetFeatureSchemaRequest\"P\n\x18GetFeatureSchemaResponse\x12\x34\n\x06schema\x18\x01 \x01(\x0b\x32$.quantmesh.features.v1.FeatureSchema\"\x99\x01\n\rFeatureSchema\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x34\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\".quantmesh.features.v1.FeatureSpec\x12\x31\n\ttimeframe\x18\x04 \x01(\x0e\x32\x1e.quantmesh.common.v1.Timeframe\"S\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x13\n\x0bwarmup_bars\x18\x04 \x01(\r\"\xaf\x01\n\x10SubscribeRequest\x12\x38\n\tsubscribe\x18\x01 \x01(\x0b\x32#.quantmesh.features.v1.SubscriptionH\x00\x12\'\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x18.quantmesh.common.v1.AckH\x00\x12-\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x1b.quantmesh.common.v1.CreditH\x00\x42\t\n\x07\x63ontrol\"t\n\x0cSubscription\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x16\n\x0einitial_credit\x18\x04 \x01(\x03\x12\x15\n\rfeature_names\x18\x05 \x03(\t\"G\n\x11SubscribeResponse\x12\x32\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32#.quantmesh.features.v1.FeatureBatch\"\xc7\x02\n\x0c\x46\x65\x61tureBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x14\n\x0csymbol_index\x18\x03 \x03(\r\x12\x10\n\x08time_msc\x18\x04 \x03(\x03\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x0e\n\x06values\x18\x06 \x03(\x01\x12\x14\n\x0csession_mask\x18\x07 \x03(\r\x12-\n\x06regime\x18\x08 \x03(\x0e\x32\x1d.quantmesh.features.v1.Regime\x12\x30\n\x05trace\x18\t \x01(\x0b\x32!.quantmesh.common.v1.TraceContext\x12\x1d\n\x15source_tick_seq_first\x18\n \x01(\x04\x12\x1c\n\x14source_tick_seq_last\x18\x0b \x01(\x04\x12\x16\n\x0eschema_version\x18\x0c \x01(\t*s\n\x07Session\x12\x17\n\x13SESSION_UNSPECIFIED\x10\x00\x12\x12\n\x0eSESSION_SYDNEY\x10\x01\x12\x11\n\rSESSION_TOKYO\x10\x02\x12\x12\n\x0eSESSION_LONDON\x10\x04\x12\x14\n\x10SESSION_NEW_YORK\x10\x08*\xac\x01\n\x06Regime\x12\x16\n\x12REGIME_UNSPECIFIED\x10\x00\x12\x13\n\x0fREGIME_TREND_UP\x10\x01\x12\x15\n\x11REGIME_TREND_DOWN\x10\x02\x12\x12\n\x0eREGIME_RANGING\x10\x03\x12\x1a\n\x16REGIME_HIGH_VOLATILITY\x10\x04\x12\x19\n\x15REGIME_LOW_VOLATILITY\x10\x05\x12\x13\n\x0fREGIME_BREAKOUT\x10\x06\x32\xea\x01\n\x0f\x46\x65\x61turesService\x12s\n\x10GetFeatureSchema\x12..quantmesh.features.v1.GetFeatureSchemaRequest\x1a/.quantmesh.features.v1.GetFeatureSchemaResponse\x12\x62\n\tSubscribe\x12\'.quantmesh.features.v1.SubscribeRequest\x1a(.quantmesh.features.v1.SubscribeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$quantmesh/features/v1/features.proto\x12\x15quantmesh.features.v1\x1a quantmesh/common/v1/common.proto\"\x19\n\x17GetFeatureSchemaRequest\"P\n\x18GetFeatureSchemaResponse\x12\x34\n\x06schema\x18\x01 \x01(\x0b\x32$.quantmesh.features.v1.FeatureSchema\"\x99\x01\n\rFeatureSchema\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x34\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\".quantmesh.features.v1.FeatureSpec\x12\x31\n\ttimeframe\x18\x04 \x01(\x0e\x32\x1e.quantmesh.common.v1.Timeframe\"S\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x13\n\x0bwarmup_bars\x18\x04 \x01(\r\"\xaf\x01\n\x10SubscribeRequest\x12\x38\n\tsubscribe\x18\x01 \x01(\x0b\x32#.quantmesh.features.v1.SubscriptionH\x00\x12\'\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x18.quantmesh.common.v1.AckH\x00\x12-\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x1b.quantmesh.common.v1.CreditH\x00\x42\t\n\x07\x63ontrol\"\x88\x01\n\x0cSubscription\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x16\n\x0einitial_credit\x18\x04 \x01(\x03\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x12\n\ntrace_rows\x18\x06 \x01(\x08\"G\n\x11SubscribeResponse\x12\x32\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32#.quantmesh.features.v1.FeatureBatch\"\xfd\x02\n\x0c\x46\x65\x61tureBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x14\n\x0csymbol_index\x18\x03 \x03(\r\x12\x10\n\x08time_msc\x18\x04 \x03(\x03\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\x0e\n\x06values\x18\x06 \x03(\x01\x12\x14\n\x0csession_mask\x18\x07 \x03(\r\x12-\n\x06regime\x18\x08 \x03(\x0e\x32\x1d.quantmesh.features.v1.Regime\x12\x30\n\x05trace\x18\t \x01(\x0b\x32!.quantmesh.common.v1.TraceContext\x12\x1d\n\x15source_tick_seq_first\x18\n \x01(\x04\x12\x1c\n\x14source_tick_seq_last\x18\x0b \x01(\x04\x12\x16\n\x0eschema_version\x18\x0c \x01(\t\x12\x34\n\trow_trace\x18\r \x03(\x0b\x32!.quantmesh.common.v1.TraceContext*s\n\x07Session\x12\x17\n\x13SESSION_UNSPECIFIED\x10\x00\x12\x12\n\x0eSESSION_SYDNEY\x10\x01\x12\x11\n\rSESSION_TOKYO\x10\x02\x12\x12\n\x0eSESSION_LONDON\x10\x04\x12\x14\n\x10SESSION_NEW_YORK\x10\x08*\xac\x01\n\x06Regime\x12\x16\n\x12REGIME_UNSPECIFIED\x10\x00\x12\x13\n\x0fREGIME_TREND_UP\x10\x01\x12\x15\n\x11REGIME_TREND_DOWN\x10\x02\x12\x12\n\x0eREGIME_RANGING\x10\x03\x12\x1a\n\x16REGIME_HIGH_VOLATILITY\x10\x04\x12\x19\n\x15REGIME_LOW_VOLATILITY\x10\x05\x12\x13\n\x0fREGIME_BREAKOUT\x10\x06\x32\xea\x01\n\x0f\x46\x65\x61turesService\x12s\n\x10GetFeatureSchema\x12..quantmesh.features.v1.GetFeatureSchemaRequest\x1a/.quantmesh.features.v1.GetFeatureSchemaResponse\x12\x62\n\tSubscribe\x12\'.quantmesh.features.v1.SubscribeRequest\x1a(.quantmesh.features.v1.SubscribeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quantmesh.features.v1.features_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSION']._serialized_start=1146
-  _globals['_SESSION']._serialized_end=1261
-  _globals['_REGIME']._serialized_start=1264
-  _globals['_REGIME']._serialized_end=1436
+  _globals['_SESSION']._serialized_start=1221
+  _globals['_SESSION']._serialized_end=1336
+  _globals['_REGIME']._serialized_start=1339
+  _globals['_REGIME']._serialized_end=1511
   _globals['_GETFEATURESCHEMAREQUEST']._serialized_start=97
   _globals['_GETFEATURESCHEMAREQUEST']._serialized_end=122
   _globals['_GETFEATURESCHEMARESPONSE']._serialized_start=124
@@ -46,12 +46,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATURESPEC']._serialized_end=445
   _globals['_SUBSCRIBEREQUEST']._serialized_start=448
   _globals['_SUBSCRIBEREQUEST']._serialized_end=623
-  _globals['_SUBSCRIPTION']._serialized_start=625
-  _globals['_SUBSCRIPTION']._serialized_end=741
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=743
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=814
-  _globals['_FEATUREBATCH']._serialized_start=817
-  _globals['_FEATUREBATCH']._serialized_end=1144
-  _globals['_FEATURESSERVICE']._serialized_start=1439
-  _globals['_FEATURESSERVICE']._serialized_end=1673
+  _globals['_SUBSCRIPTION']._serialized_start=626
+  _globals['_SUBSCRIPTION']._serialized_end=762
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=764
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=835
+  _globals['_FEATUREBATCH']._serialized_start=838
+  _globals['_FEATUREBATCH']._serialized_end=1219
+  _globals['_FEATURESSERVICE']._serialized_start=1514
+  _globals['_FEATURESSERVICE']._serialized_end=1748
 # @@protoc_insertion_point(module_scope)

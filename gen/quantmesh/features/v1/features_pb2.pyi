@@ -270,6 +270,7 @@ class Subscription(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     INITIAL_CREDIT_FIELD_NUMBER: _builtins.int
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
+    TRACE_ROWS_FIELD_NUMBER: _builtins.int
     from_seq: _builtins.int
     """First seq to send. 0 starts at the beginning; after a reconnect send the last
     acked seq + 1. OUT_OF_RANGE if beyond the last row of a finite source.
@@ -278,6 +279,13 @@ class Subscription(_message.Message):
     """Maximum rows per batch; 0 means the server default (1,000). At most 100,000."""
     initial_credit: _builtins.int
     """Initial credit, in batches, granted together with the subscription; 0 grants none."""
+    trace_rows: _builtins.bool
+    """Start one decision trace per row: the row's features span becomes the root of
+    the trace that its prediction, signal, risk decision, order and fill join, and
+    its context is sent in `FeatureBatch.row_trace`. Set by the consumer that turns
+    rows into decisions (inference), so that a row read by several consumers is
+    still one trace. Has no effect when the features service does not trace.
+    """
     @_builtins.property
     def symbols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Symbols to stream, merged in time order; empty means every served symbol.
@@ -299,10 +307,11 @@ class Subscription(_message.Message):
         batch_size: _builtins.int = ...,
         initial_credit: _builtins.int = ...,
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
+        trace_rows: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "feature_names", b"feature_names", "from_seq", b"from_seq", "initial_credit", b"initial_credit", "symbols", b"symbols"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "feature_names", b"feature_names", "from_seq", b"from_seq", "initial_credit", b"initial_credit", "symbols", b"symbols", "trace_rows", b"trace_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -353,6 +362,7 @@ class FeatureBatch(_message.Message):
     SOURCE_TICK_SEQ_FIRST_FIELD_NUMBER: _builtins.int
     SOURCE_TICK_SEQ_LAST_FIELD_NUMBER: _builtins.int
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    ROW_TRACE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Seq of the first row in this batch; row i has seq `seq + i`. Seqs are
     consecutive across the batches of one stream, starting at 0.
@@ -403,6 +413,12 @@ class FeatureBatch(_message.Message):
     def trace(self) -> _common_pb2.TraceContext:
         """Trace context of the batch, so that downstream spans can link to it."""
 
+    @_builtins.property
+    def row_trace(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TraceContext]:
+        """Trace context of each row's decision trace (its features span), one per row,
+        when the subscription set `trace_rows` and the service traces; empty otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -418,10 +434,11 @@ class FeatureBatch(_message.Message):
         source_tick_seq_first: _builtins.int = ...,
         source_tick_seq_last: _builtins.int = ...,
         schema_version: _builtins.str = ...,
+        row_trace: _abc.Iterable[_common_pb2.TraceContext] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trace", b"trace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_names", b"feature_names", "regime", b"regime", "schema_version", b"schema_version", "seq", b"seq", "session_mask", b"session_mask", "source_tick_seq_first", b"source_tick_seq_first", "source_tick_seq_last", b"source_tick_seq_last", "symbol_index", b"symbol_index", "symbols", b"symbols", "time_msc", b"time_msc", "trace", b"trace", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_names", b"feature_names", "regime", b"regime", "row_trace", b"row_trace", "schema_version", b"schema_version", "seq", b"seq", "session_mask", b"session_mask", "source_tick_seq_first", b"source_tick_seq_first", "source_tick_seq_last", b"source_tick_seq_last", "symbol_index", b"symbol_index", "symbols", b"symbols", "time_msc", b"time_msc", "trace", b"trace", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from quantmesh.common.v1 import common_pb2 as quantmesh_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&quantmesh/inference/v1/inference.proto\x12\x16quantmesh.inference.v1\x1a quantmesh/common/v1/common.proto\"\xb0\x01\n\x10SubscribeRequest\x12\x39\n\tsubscribe\x18\x01 \x01(\x0b\x32$.quantmesh.inference.v1.SubscriptionH\x00\x12\'\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x18.quantmesh.common.v1.AckH\x00\x12-\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x1b.quantmesh.common.v1.CreditH\x00\x42\t\n\x07\x63ontrol\"\x8a\x01\n\x0cSubscription\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x16\n\x0einitial_credit\x18\x04 \x01(\x03\x12\x13\n\x0bmodel_names\x18\x05 \x03(\t\x12\x16\n\x0einclude_shadow\x18\x06 \x01(\x08\"K\n\x11SubscribeResponse\x12\x36\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\'.quantmesh.inference.v1.PredictionBatch\"H\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x0e\n\x06shadow\x18\x04 \x01(\x08\"\xfd\x02\n\x0fPredictionBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x14\n\x0csymbol_index\x18\x03 \x03(\r\x12\x10\n\x08time_msc\x18\x04 \x03(\x03\x12\x30\n\x06models\x18\x05 \x03(\x0b\x32 .quantmesh.inference.v1.ModelRef\x12\x13\n\x0bmodel_index\x18\x06 \x03(\r\x12\x16\n\x0eprobability_up\x18\x07 \x03(\x01\x12?\n\x0fpredicted_class\x18\x08 \x03(\x0e\x32&.quantmesh.inference.v1.PredictedClass\x12\x16\n\x0e\x66\x65\x61ture_digest\x18\t \x03(\x06\x12\x13\n\x0b\x66\x65\x61ture_seq\x18\n \x03(\x04\x12\x14\n\x0coutput_names\x18\x0b \x03(\t\x12\x0f\n\x07outputs\x18\x0c \x03(\x01\x12\x30\n\x05trace\x18\r \x01(\x0b\x32!.quantmesh.common.v1.TraceContext\"\x9e\x01\n\x12SwitchModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x05\x61lias\x18\x02 \x01(\tH\x00\x12\x11\n\x07version\x18\x03 \x01(\tH\x00\x12\x31\n\x04role\x18\x04 \x01(\x0e\x32#.quantmesh.inference.v1.ServingRole\x12\x13\n\x0btraffic_bps\x18\x05 \x01(\rB\x08\n\x06target\"}\n\x13SwitchModelResponse\x12\x32\n\x05model\x18\x01 \x01(\x0b\x32#.quantmesh.inference.v1.ServedModel\x12\x32\n\x08previous\x18\x02 \x01(\x0b\x32 .quantmesh.inference.v1.ModelRef\"\x13\n\x11ListModelsRequest\"I\n\x12ListModelsResponse\x12\x33\n\x06models\x18\x01 \x03(\x0b\x32#.quantmesh.inference.v1.ServedModel\"\xdd\x01\n\x0bServedModel\x12/\n\x05model\x18\x01 \x01(\x0b\x32 .quantmesh.inference.v1.ModelRef\x12\x31\n\x04role\x18\x02 \x01(\x0e\x32#.quantmesh.inference.v1.ServingRole\x12\x13\n\x0btraffic_bps\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x1e\n\x16\x66\x65\x61ture_schema_version\x18\x05 \x01(\t\x12\x16\n\x0eloaded_time_ms\x18\x06 \x01(\x03\x12\r\n\x05ready\x18\x07 \x01(\x08*}\n\x0ePredictedClass\x12\x1f\n\x1bPREDICTED_CLASS_UNSPECIFIED\x10\x00\x12\x18\n\x14PREDICTED_CLASS_DOWN\x10\x01\x12\x18\n\x14PREDICTED_CLASS_FLAT\x10\x02\x12\x16\n\x12PREDICTED_CLASS_UP\x10\x03*w\n\x0bServingRole\x12\x1c\n\x18SERVING_ROLE_UNSPECIFIED\x10\x00\x12\x18\n\x14SERVING_ROLE_PRIMARY\x10\x01\x12\x17\n\x13SERVING_ROLE_CANARY\x10\x02\x12\x17\n\x13SERVING_ROLE_SHADOW\x10\x03\x32\xc5\x02\n\x10InferenceService\x12\x64\n\tSubscribe\x12(.quantmesh.inference.v1.SubscribeRequest\x1a).quantmesh.inference.v1.SubscribeResponse(\x01\x30\x01\x12\x66\n\x0bSwitchModel\x12*.quantmesh.inference.v1.SwitchModelRequest\x1a+.quantmesh.inference.v1.SwitchModelResponse\x12\x63\n\nListModels\x12).quantmesh.inference.v1.ListModelsRequest\x1a*.quantmesh.inference.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&quantmesh/inference/v1/inference.proto\x12\x16quantmesh.inference.v1\x1a quantmesh/common/v1/common.proto\"\xb0\x01\n\x10SubscribeRequest\x12\x39\n\tsubscribe\x18\x01 \x01(\x0b\x32$.quantmesh.inference.v1.SubscriptionH\x00\x12\'\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x18.quantmesh.common.v1.AckH\x00\x12-\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x1b.quantmesh.common.v1.CreditH\x00\x42\t\n\x07\x63ontrol\"\x8a\x01\n\x0cSubscription\x12\x0f\n\x07symbols\x18\x01 \x03(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x16\n\x0einitial_credit\x18\x04 \x01(\x03\x12\x13\n\x0bmodel_names\x18\x05 \x03(\t\x12\x16\n\x0einclude_shadow\x18\x06 \x01(\x08\"K\n\x11SubscribeResponse\x12\x36\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\'.quantmesh.inference.v1.PredictionBatch\"H\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x0e\n\x06shadow\x18\x04 \x01(\x08\"\xb3\x03\n\x0fPredictionBatch\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x14\n\x0csymbol_index\x18\x03 \x03(\r\x12\x10\n\x08time_msc\x18\x04 \x03(\x03\x12\x30\n\x06models\x18\x05 \x03(\x0b\x32 .quantmesh.inference.v1.ModelRef\x12\x13\n\x0bmodel_index\x18\x06 \x03(\r\x12\x16\n\x0eprobability_up\x18\x07 \x03(\x01\x12?\n\x0fpredicted_class\x18\x08 \x03(\x0e\x32&.quantmesh.inference.v1.PredictedClass\x12\x16\n\x0e\x66\x65\x61ture_digest\x18\t \x03(\x06\x12\x13\n\x0b\x66\x65\x61ture_seq\x18\n \x03(\x04\x12\x14\n\x0coutput_names\x18\x0b \x03(\t\x12\x0f\n\x07outputs\x18\x0c \x03(\x01\x12\x30\n\x05trace\x18\r \x01(\x0b\x32!.quantmesh.common.v1.TraceContext\x12\x34\n\trow_trace\x18\x0e \x03(\x0b\x32!.quantmesh.common.v1.TraceContext\"\x9e\x01\n\x12SwitchModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x05\x61lias\x18\x02 \x01(\tH\x00\x12\x11\n\x07version\x18\x03 \x01(\tH\x00\x12\x31\n\x04role\x18\x04 \x01(\x0e\x32#.quantmesh.inference.v1.ServingRole\x12\x13\n\x0btraffic_bps\x18\x05 \x01(\rB\x08\n\x06target\"}\n\x13SwitchModelResponse\x12\x32\n\x05model\x18\x01 \x01(\x0b\x32#.quantmesh.inference.v1.ServedModel\x12\x32\n\x08previous\x18\x02 \x01(\x0b\x32 .quantmesh.inference.v1.ModelRef\"\x13\n\x11ListModelsRequest\"I\n\x12ListModelsResponse\x12\x33\n\x06models\x18\x01 \x03(\x0b\x32#.quantmesh.inference.v1.ServedModel\"\xdd\x01\n\x0bServedModel\x12/\n\x05model\x18\x01 \x01(\x0b\x32 .quantmesh.inference.v1.ModelRef\x12\x31\n\x04role\x18\x02 \x01(\x0e\x32#.quantmesh.inference.v1.ServingRole\x12\x13\n\x0btraffic_bps\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x1e\n\x16\x66\x65\x61ture_schema_version\x18\x05 \x01(\t\x12\x16\n\x0eloaded_time_ms\x18\x06 \x01(\x03\x12\r\n\x05ready\x18\x07 \x01(\x08*}\n\x0ePredictedClass\x12\x1f\n\x1bPREDICTED_CLASS_UNSPECIFIED\x10\x00\x12\x18\n\x14PREDICTED_CLASS_DOWN\x10\x01\x12\x18\n\x14PREDICTED_CLASS_FLAT\x10\x02\x12\x16\n\x12PREDICTED_CLASS_UP\x10\x03*w\n\x0bServingRole\x12\x1c\n\x18SERVING_ROLE_UNSPECIFIED\x10\x00\x12\x18\n\x14SERVING_ROLE_PRIMARY\x10\x01\x12\x17\n\x13SERVING_ROLE_CANARY\x10\x02\x12\x17\n\x13SERVING_ROLE_SHADOW\x10\x03\x32\xc5\x02\n\x10InferenceService\x12\x64\n\tSubscribe\x12(.quantmesh.inference.v1.SubscribeRequest\x1a).quantmesh.inference.v1.SubscribeResponse(\x01\x30\x01\x12\x66\n\x0bSwitchModel\x12*.quantmesh.inference.v1.SwitchModelRequest\x1a+.quantmesh.inference.v1.SwitchModelResponse\x12\x63\n\nListModels\x12).quantmesh.inference.v1.ListModelsRequest\x1a*.quantmesh.inference.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quantmesh.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREDICTEDCLASS']._serialized_start=1563
-  _globals['_PREDICTEDCLASS']._serialized_end=1688
-  _globals['_SERVINGROLE']._serialized_start=1690
-  _globals['_SERVINGROLE']._serialized_end=1809
+  _globals['_PREDICTEDCLASS']._serialized_start=1617
+  _globals['_PREDICTEDCLASS']._serialized_end=1742
+  _globals['_SERVINGROLE']._serialized_start=1744
+  _globals['_SERVINGROLE']._serialized_end=1863
   _globals['_SUBSCRIBEREQUEST']._serialized_start=101
   _globals['_SUBSCRIBEREQUEST']._serialized_end=277
   _globals['_SUBSCRIPTION']._serialized_start=280
@@ -45,17 +45,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELREF']._serialized_start=497
   _globals['_MODELREF']._serialized_end=569
   _globals['_PREDICTIONBATCH']._serialized_start=572
-  _globals['_PREDICTIONBATCH']._serialized_end=953
-  _globals['_SWITCHMODELREQUEST']._serialized_start=956
-  _globals['_SWITCHMODELREQUEST']._serialized_end=1114
-  _globals['_SWITCHMODELRESPONSE']._serialized_start=1116
-  _globals['_SWITCHMODELRESPONSE']._serialized_end=1241
-  _globals['_LISTMODELSREQUEST']._serialized_start=1243
-  _globals['_LISTMODELSREQUEST']._serialized_end=1262
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1264
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1337
-  _globals['_SERVEDMODEL']._serialized_start=1340
-  _globals['_SERVEDMODEL']._serialized_end=1561
-  _globals['_INFERENCESERVICE']._serialized_start=1812
-  _globals['_INFERENCESERVICE']._serialized_end=2137
+  _globals['_PREDICTIONBATCH']._serialized_end=1007
+  _globals['_SWITCHMODELREQUEST']._serialized_start=1010
+  _globals['_SWITCHMODELREQUEST']._serialized_end=1168
+  _globals['_SWITCHMODELRESPONSE']._serialized_start=1170
+  _globals['_SWITCHMODELRESPONSE']._serialized_end=1295
+  _globals['_LISTMODELSREQUEST']._serialized_start=1297
+  _globals['_LISTMODELSREQUEST']._serialized_end=1316
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1318
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1391
+  _globals['_SERVEDMODEL']._serialized_start=1394
+  _globals['_SERVEDMODEL']._serialized_end=1615
+  _globals['_INFERENCESERVICE']._serialized_start=1866
+  _globals['_INFERENCESERVICE']._serialized_end=2191
 # @@protoc_insertion_point(module_scope)

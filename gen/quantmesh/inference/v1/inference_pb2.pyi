@@ -261,6 +261,7 @@ class PredictionBatch(_message.Message):
     OUTPUT_NAMES_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
     TRACE_FIELD_NUMBER: _builtins.int
+    ROW_TRACE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Seq of the first row in this batch; row i has seq `seq + i`. Seqs are
     consecutive across the batches of one stream, starting at 0.
@@ -320,6 +321,12 @@ class PredictionBatch(_message.Message):
     def trace(self) -> _common_pb2.TraceContext:
         """Trace context of the batch, so that downstream spans can link to it."""
 
+    @_builtins.property
+    def row_trace(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TraceContext]:
+        """Trace context of each row's inference span, one per row, in the decision trace
+        its feature row started; empty when the feature row carried no trace.
+        """
+
     def __init__(
         self,
         *,
@@ -336,10 +343,11 @@ class PredictionBatch(_message.Message):
         output_names: _abc.Iterable[_builtins.str] | None = ...,
         outputs: _abc.Iterable[_builtins.float] | None = ...,
         trace: _common_pb2.TraceContext | None = ...,
+        row_trace: _abc.Iterable[_common_pb2.TraceContext] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["trace", b"trace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_digest", b"feature_digest", "feature_seq", b"feature_seq", "model_index", b"model_index", "models", b"models", "output_names", b"output_names", "outputs", b"outputs", "predicted_class", b"predicted_class", "probability_up", b"probability_up", "seq", b"seq", "symbol_index", b"symbol_index", "symbols", b"symbols", "time_msc", b"time_msc", "trace", b"trace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_digest", b"feature_digest", "feature_seq", b"feature_seq", "model_index", b"model_index", "models", b"models", "output_names", b"output_names", "outputs", b"outputs", "predicted_class", b"predicted_class", "probability_up", b"probability_up", "row_trace", b"row_trace", "seq", b"seq", "symbol_index", b"symbol_index", "symbols", b"symbols", "time_msc", b"time_msc", "trace", b"trace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
