@@ -34,7 +34,7 @@ from quantmesh.bench.order_path import (
 from quantmesh.mesh.launcher import local_pipeline
 from quantmesh.mesh.pki import ensure_pki
 from quantmesh.observability import tracing
-from quantmesh.observability.receiver import SpanReceiver
+from quantmesh.observability.receiver import ReceiverProcess
 from quantmesh.services.inference.testing import (
     MODEL_NAME,
     register_tiny_model,
@@ -77,14 +77,14 @@ def run() -> dict[str, Any]:
             elif name == "audit":
                 latencies = asyncio.run(_latency(home, {}))
             else:
-                with SpanReceiver() as receiver:
+                with ReceiverProcess() as receiver:
                     # Market data runs here: its tick batches are traced like the rest.
                     tracing.configure_tracing("marketdata", receiver.environment())
                     try:
                         latencies = asyncio.run(_latency(home, receiver.environment()))
                     finally:
                         tracing.shutdown_tracing()
-                    spans.update(f"{s.service}: {s.name}" for s in receiver.spans())
+                spans.update(receiver.counts())
             rows.append({"run": name, "orders": len(latencies)} | percentiles_us(latencies))
     bare, audit, traced = (row["p50_us"] for row in rows)
     overhead = traced / audit - 1 if audit else float("nan")

@@ -21,8 +21,10 @@ from rich.json import JSON
 from rich.markup import escape
 
 from quantmesh.observability.audit.chain import AuditRecord, kind_name
-from quantmesh.observability.audit.store import AuditStore, default_store_path, is_trace_id
+from quantmesh.observability.audit.store import AuditStore, default_location, is_trace_id
 from quantmesh.runtime.errors import InvalidArgument
+from quantmesh.storage.relational import DatabaseError
+from quantmesh.storage.urls import StoreConfigError, StoreUnavailableError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -32,10 +34,11 @@ _out = Console()
 _err = Console(stderr=True)
 
 DbOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--db",
-        help="Audit database [default: $QUANTMESH_HOME/audit/audit.sqlite3, else "
+        help="Audit database: an SQLite file or a URL (postgresql://…) [default: "
+        "$QUANTMESH_DATABASE_URL, else $QUANTMESH_HOME/audit/audit.sqlite3, else "
         "var/audit/audit.sqlite3].",
         show_default=False,
     ),
@@ -47,28 +50,31 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _open(db: Path | None) -> AuditStore:
-    path = db if db is not None else default_store_path()
+def _open(db: str | None) -> AuditStore:
+    location = db if db is not None else default_location()
     try:
-        return AuditStore(path, create=False)
+        return AuditStore(location, create=False)
     except FileNotFoundError as error:
         raise _fail(
-            f"{error}; pass --db, or set QUANTMESH_HOME to the folder the services use"
+            f"{error}; pass --db, or set QUANTMESH_HOME (or QUANTMESH_DATABASE_URL) as the "
+            "services have it"
         ) from None
-    except sqlite3.Error as error:
-        raise _fail(f"cannot read the audit log {path}: {error}") from None
+    except (StoreConfigError, StoreUnavailableError) as error:
+        raise _fail(str(error)) from None
+    except (sqlite3.Error, DatabaseError) as error:
+        raise _fail(f"cannot read the audit log {location}: {error}") from None
 
 
 @contextmanager
-def _reading(db: Path | None) -> Iterator[AuditStore]:
+def _reading(db: str | None) -> Iterator[AuditStore]:
     """The log, opened for one command; a bad argument or an unreadable file exits 2."""
     store = _open(db)
     try:
         yield store
     except InvalidArgument as error:
         raise _fail(str(error)) from None
-    except sqlite3.Error as error:
-        raise _fail(f"cannot read the audit log {store.path}: {error}") from None
+    except (sqlite3.Error, DatabaseError) as error:
+        raise _fail(f"cannot read the audit log {store.location}: {error}") from None
     finally:
         store.close()
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from decimal import Decimal
 from enum import StrEnum
@@ -43,6 +44,7 @@ from quantmesh.runtime.config import quantmesh_home
 from quantmesh.runtime.errors import NotFound
 from quantmesh.services.execution.convert import money_from_proto as money
 from quantmesh.services.registry.core import ModelRegistry
+from quantmesh.storage.relational import DatabaseError
 
 _out = Console()
 
@@ -237,14 +239,29 @@ def _summary(running: RunningPipeline, dashboard: Dashboard, home: Path) -> None
     _out.print(table)
     _out.print(f"report: {path} (open it in a browser; it needs no server)")
     _out.print("a decision's story: quantmesh audit show <signal id> (ids: quantmesh audit export)")
+    _out.print(_tracing_state(os.environ))
+
+
+def _tracing_state(environ: Mapping[str, str]) -> str:
+    """Where the run's traces went, or how to get them."""
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if environ.get("OTEL_SDK_DISABLED", "").lower() != "true" and endpoint:
+        return (
+            f"traces: sent to {endpoint}; in Jaeger, open a decision by the trace id its "
+            "audit records show"
+        )
+    return "traces: off (set OTEL_EXPORTER_OTLP_ENDPOINT, e.g. to a Jaeger on :4317)"
 
 
 def _audit_state(home: Path) -> str:
     """How many decision records the run has, and whether their hash chain is intact."""
     try:
-        with AuditStore(home / "audit" / "audit.sqlite3", create=False) as store:
+        location = os.environ.get("QUANTMESH_DATABASE_URL") or home / "audit" / "audit.sqlite3"
+        with AuditStore(location, create=False) as store:
             report = store.verify()
-    except (FileNotFoundError, sqlite3.Error) as error:
+    except (FileNotFoundError, sqlite3.Error, DatabaseError) as error:
         return f"[yellow]not readable: {error}[/yellow]"
     check = report.check
     if check.ok:

@@ -8,7 +8,11 @@ exported.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-__all__ = ["ReceivedSpan", "SpanReceiver"]
+__all__ = ["ReceivedSpan", "ReceiverProcess", "SpanReceiver"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +129,54 @@ class SpanReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self._server.stop(grace=None)
+
+
+class ReceiverProcess:
+    """A :class:`SpanReceiver` in a process of its own, as Jaeger would be: decoding the
+    spans does not compete with the measuring process for its interpreter lock.
+
+    Counts spans by ``"<service>: <name>"``; :meth:`counts` is final after the block.
+    """
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._counts: dict[str, int] = {}
+        self._process: subprocess.Popen[str] | None = None
+
+    def environment(self, schedule_delay_ms: int = 1000) -> dict[str, str]:
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.port}",
+            "OTEL_BSP_SCHEDULE_DELAY": str(schedule_delay_ms),
+        }
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def __enter__(self) -> ReceiverProcess:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "quantmesh.observability.receiver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        self.port = int(self._process.stdout.readline())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._process is not None
+        output, _ = self._process.communicate(input="stop\n", timeout=60)
+        self._counts = json.loads(output)
+
+
+def _serve_counts() -> None:
+    """Print the port, receive until stdin says stop, then print the counts as JSON."""
+    with SpanReceiver() as receiver:
+        print(receiver.port, flush=True)
+        sys.stdin.readline()
+        counts = Counter(f"{span.service}: {span.name}" for span in receiver.spans())
+    print(json.dumps(dict(counts.most_common())), flush=True)
+
+
+if __name__ == "__main__":
+    _serve_counts()

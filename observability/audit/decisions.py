@@ -26,18 +26,22 @@ from google.protobuf.message import Message
 from pydantic import BeforeValidator, Field
 
 from quantmesh.observability.audit.chain import RecordKind
-from quantmesh.observability.audit.store import AuditStore, NewRecord, default_store_path
+from quantmesh.observability.audit.store import AuditStore, NewRecord, default_location
 from quantmesh.observability.audit.writer import AuditWriter
 
 __all__ = ["AuditSetting", "DecisionLog", "audit_setting", "trace_id_of"]
 
-# A service's ``audit`` setting: the log's path; empty (e.g. QUANTMESH_RISK_AUDIT=) is off.
-AuditSetting = Annotated[Path | None, BeforeValidator(lambda value: None if value == "" else value)]
+# A service's ``audit`` setting: an SQLite path or a database URL (sqlite:///…,
+# postgresql://…); empty (e.g. QUANTMESH_RISK_AUDIT=) is off.
+AuditSetting = Annotated[
+    Path | str | None, BeforeValidator(lambda value: None if value == "" else value)
+]
 
 
 def audit_setting() -> Any:
-    """The field of an ``audit`` setting, defaulting to the shared log of this home."""
-    return Field(default_factory=default_store_path)
+    """The field of an ``audit`` setting, defaulting to the shared log: the database of
+    ``QUANTMESH_DATABASE_URL`` when set, else this home's SQLite file."""
+    return Field(default_factory=default_location)
 
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -68,9 +72,10 @@ class DecisionLog:
         self.producer = producer
 
     @classmethod
-    def open(cls, producer: str, path: Path | None = None) -> DecisionLog:
-        """The log at ``path`` (default ``$QUANTMESH_HOME/audit/audit.sqlite3``)."""
-        store = AuditStore(path or default_store_path())
+    def open(cls, producer: str, location: Path | str | None = None) -> DecisionLog:
+        """The log at ``location`` (a path or a database URL; default: see
+        :func:`~quantmesh.observability.audit.store.default_location`)."""
+        store = AuditStore(location or default_location())
         return cls(AuditWriter(store), producer, store)
 
     @property

@@ -36,6 +36,7 @@ from quantmesh.observability.audit.store import AuditStore, NewRecord
 from quantmesh.observability.audit.writer import AuditWriter
 from quantmesh.runtime.errors import InvalidArgument, NotFound, abort_on_domain_error
 from quantmesh.runtime.logging import get_logger
+from quantmesh.storage.relational import DatabaseError
 
 __all__ = ["SERVICE_NAME", "UNAUTHENTICATED", "AuditServicer", "add_to_server", "producer_of"]
 
@@ -62,7 +63,7 @@ async def _answering(context: Context) -> AsyncIterator[None]:
     async with abort_on_domain_error(context):
         try:
             yield
-        except sqlite3.Error as error:
+        except (sqlite3.Error, DatabaseError) as error:
             _log.error("audit store error", error=repr(error))
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,

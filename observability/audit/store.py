@@ -1,29 +1,32 @@
-"""The audit log on SQLite: one append-only, hash-chained table.
+"""The audit log on the relational port: one append-only, hash-chained table.
 
-One file (``$QUANTMESH_HOME/audit/audit.sqlite3`` by default) holds the table
-``records``, whose ``idx`` (the record's index) is the INTEGER PRIMARY KEY, with
-indexes on ``decision_id`` and ``trace_id`` for ``quantmesh audit show``.
+The table ``audit_records`` (``observability/audit/migrations``) lives in SQLite by
+default (``$QUANTMESH_HOME/audit/audit.sqlite3``) and in PostgreSQL when
+``QUANTMESH_DATABASE_URL`` names one (or a service's ``…_AUDIT`` setting does). Its
+``idx`` (the record's index) is the primary key, with indexes on ``decision_id`` and
+``trace_id`` for ``quantmesh audit show``.
 
 One chain, however many writers
     :meth:`AuditStore.append_many` reads the head and inserts the new records inside
-    one ``BEGIN IMMEDIATE`` transaction. IMMEDIATE takes SQLite's write lock before the
-    head is read, so writers in other threads or processes wait their turn (up to
-    :data:`BUSY_TIMEOUT_MS`) and can never link two records to the same predecessor.
+    one transaction under the ``audit`` lock: SQLite's write lock (``BEGIN IMMEDIATE``),
+    or a PostgreSQL advisory lock, taken before the head is read. Writers in other
+    threads or processes wait their turn and can never link two records to the same
+    predecessor.
 
 Append-only in the database, not only in this class
-    Triggers refuse every ``UPDATE`` and ``DELETE`` on ``records``, and refuse an
-    ``INSERT`` that does not extend the head (wrong index or wrong ``prev_hash``), which
-    also rules out ``INSERT OR REPLACE``. Whoever can write the file can still drop the
-    triggers or the table; that is what the hash chain is for: ``verify`` finds the
-    first changed record, and a published head hash exposes a rewritten history.
+    Triggers refuse every ``UPDATE`` and ``DELETE`` (and, in PostgreSQL, ``TRUNCATE``),
+    and refuse an ``INSERT`` that does not extend the head (wrong index or wrong
+    ``prev_hash``). Whoever owns the database can still drop the triggers or the table;
+    that is what the hash chain is for: ``verify`` finds the first changed record, and a
+    published head hash exposes a rewritten history.
 
 Durability rule
-    A record is *acknowledged* when :meth:`append`/:meth:`append_many` returns. The
-    database runs in WAL mode with ``synchronous = FULL``: the COMMIT returns only after
-    the write-ahead log is fsynced, so an acknowledged record survives a killed process,
-    a crash of the machine or a power cut (on storage that honours fsync). A batch
-    commits as a whole: after a crash it is either entirely there or entirely absent,
-    never half. Nothing is acknowledged before its commit.
+    A record is *acknowledged* when :meth:`append`/:meth:`append_many` returns, that is
+    when its transaction has committed: SQLite runs in WAL mode with ``synchronous =
+    FULL`` (the COMMIT returns after the log is fsynced), PostgreSQL commits with its
+    WAL flushed (``synchronous_commit`` on, its default). An acknowledged record survives
+    a killed process or a crash of the machine. A batch commits as a whole: after a
+    crash it is either entirely there or entirely absent, never half.
 
 Validation happens before the write lock is taken (:func:`prepare`), so a bad record
 costs the chain nothing and its caller gets an :class:`InvalidArgument` that says what
@@ -32,14 +35,10 @@ to fix. Nothing here imports grpc beyond the shared error types.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -56,7 +55,9 @@ from quantmesh.observability.audit.chain import (
 )
 from quantmesh.runtime.config import quantmesh_home
 from quantmesh.runtime.errors import InvalidArgument
-from quantmesh.runtime.sqlite import connect, immediate
+from quantmesh.storage.relational import Database, open_database
+from quantmesh.storage.relational.database import SqliteDatabase, Transaction
+from quantmesh.storage.relational.migrations import current_version, load_migrations, migrate
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -80,47 +81,20 @@ _INT64_MAX = 2**63 - 1
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _INVALID_TRACE_ID = "0" * 32  # W3C: all zeros is not a trace id
 
-_SCHEMA = """
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS records (
-  idx          INTEGER PRIMARY KEY CHECK (idx >= 0),  -- the record's index in the chain
-  decision_id  TEXT    NOT NULL CHECK (decision_id <> ''),
-  trace_id     TEXT    NOT NULL,                      -- '' when the decision had no trace
-  kind         INTEGER NOT NULL CHECK (kind >= 1),
-  payload_json TEXT    NOT NULL,                      -- canonical JSON (RFC 8785)
-  time_ns      INTEGER NOT NULL,
-  producer     TEXT    NOT NULL,
-  prev_hash    BLOB    NOT NULL CHECK (length(prev_hash) = 32),
-  hash         BLOB    NOT NULL CHECK (length(hash) = 32)
-);
-CREATE INDEX IF NOT EXISTS records_by_decision ON records (decision_id, idx);
-CREATE INDEX IF NOT EXISTS records_by_trace ON records (trace_id, idx);
-CREATE TRIGGER IF NOT EXISTS records_no_update BEFORE UPDATE ON records
-BEGIN
-  SELECT RAISE(ABORT, 'the audit log is append-only: a record cannot be changed');
-END;
-CREATE TRIGGER IF NOT EXISTS records_no_delete BEFORE DELETE ON records
-BEGIN
-  SELECT RAISE(ABORT, 'the audit log is append-only: a record cannot be deleted');
-END;
-CREATE TRIGGER IF NOT EXISTS records_extend_head BEFORE INSERT ON records
-WHEN NEW.idx IS NOT (SELECT coalesce(max(idx), -1) + 1 FROM records)
-  OR NEW.prev_hash IS NOT coalesce(
-       (SELECT hash FROM records WHERE idx = NEW.idx - 1), zeroblob(32))
-BEGIN
-  SELECT RAISE(ABORT, 'the audit log is append-only: a record must extend the head');
-END;
-COMMIT;
-"""
+MIGRATIONS = load_migrations("quantmesh.observability.audit")
+# Rows read per query when streaming a long chain (verify, export).
+PAGE = 5_000
 
 _COLUMNS = "idx, decision_id, trace_id, kind, payload_json, time_ns, producer, prev_hash, hash"
 # Queries are built from the constants above only, never from input: hence the noqa.
-_INSERT = f"INSERT INTO records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
-_SELECT_HEAD = f"SELECT {_COLUMNS} FROM records ORDER BY idx DESC LIMIT 1"  # noqa: S608
-_SELECT_RANGE = f"SELECT {_COLUMNS} FROM records WHERE idx BETWEEN ? AND ? ORDER BY idx"  # noqa: S608
+_INSERT = f"INSERT INTO audit_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_SELECT_HEAD = f"SELECT {_COLUMNS} FROM audit_records ORDER BY idx DESC LIMIT 1"  # noqa: S608
+_SELECT_PAGE = (
+    f"SELECT {_COLUMNS} FROM audit_records WHERE idx BETWEEN ? AND ? ORDER BY idx LIMIT ?"  # noqa: S608
+)
 _SELECT_BY = {
-    "decision_id": f"SELECT {_COLUMNS} FROM records WHERE decision_id = ? ORDER BY idx",  # noqa: S608
-    "trace_id": f"SELECT {_COLUMNS} FROM records WHERE trace_id = ? ORDER BY idx",  # noqa: S608
+    "decision_id": f"SELECT {_COLUMNS} FROM audit_records WHERE decision_id = ? ORDER BY idx",  # noqa: S608
+    "trace_id": f"SELECT {_COLUMNS} FROM audit_records WHERE trace_id = ? ORDER BY idx",  # noqa: S608
 }
 
 Row = tuple[int, str, str, int, str, int, str, bytes, bytes]
@@ -129,6 +103,12 @@ Row = tuple[int, str, str, int, str, int, str, bytes, bytes]
 def default_store_path() -> Path:
     """``$QUANTMESH_HOME/audit/audit.sqlite3``."""
     return quantmesh_home() / "audit" / "audit.sqlite3"
+
+
+def default_location() -> Path | str:
+    """Where the log is unless a service says otherwise: ``QUANTMESH_DATABASE_URL`` when
+    it is set (e.g. PostgreSQL, shared by every service), else :func:`default_store_path`."""
+    return os.environ.get("QUANTMESH_DATABASE_URL") or default_store_path()
 
 
 def is_trace_id(text: str) -> bool:
@@ -271,31 +251,46 @@ def _record(row: Row) -> AuditRecord:
 
 
 class AuditStore:
-    """The append-only decision log in one SQLite file.
+    """The append-only decision log, in SQLite or PostgreSQL.
 
-    Safe to share between threads (one connection, serialised by a lock) and between
-    processes (SQLite's own locking). Long reads (:meth:`verify`, :meth:`export`) use a
-    connection of their own, so they read one consistent snapshot without holding up
-    appends.
+    ``location`` is a path (an SQLite file), a database URL (``sqlite:///…``,
+    ``postgresql://…``) or an open :class:`~quantmesh.storage.relational.Database`.
+    Safe to share between threads and processes (see the module notes). Long reads
+    (:meth:`verify`, :meth:`export`) read one consistent snapshot, page by page, without
+    holding up appends.
 
-    With ``create=False`` (readers such as the CLI) the file must already be an audit
-    log: a mistyped path raises :class:`FileNotFoundError` instead of creating a new,
-    empty log, or adding a ``records`` table to some other service's database.
+    With ``create=False`` (readers such as the CLI) the log must already exist: a
+    mistyped path raises :class:`FileNotFoundError` instead of creating a new, empty
+    log, or adding tables to some other service's database.
     """
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
-        if not create:
-            _check_existing(path)
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = connect(path)
-        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    def __init__(self, location: Path | str | Database, *, create: bool = True) -> None:
+        if isinstance(location, str) and "://" not in location:
+            location = Path(location)  # a plain path names an SQLite file
+        if isinstance(location, Path) and not create and not location.is_file():
+            raise FileNotFoundError(f"there is no audit log at {location}")
+        self._owned = isinstance(location, (Path, str))  # then close() closes it
+        if isinstance(location, Path):
+            self._db: Database = SqliteDatabase(location)
+        elif isinstance(location, str):
+            self._db = open_database(location)
+        else:
+            self._db = location
+        self.location = str(location) if isinstance(location, Path) else self._db.url
         if create:
-            self._db.executescript(_SCHEMA)
+            migrate(self._db, "audit", MIGRATIONS)
+        elif current_version(self._db, "audit") == 0:
+            self.close()
+            raise FileNotFoundError(f"{self.location} is not an audit log: it has no audit table")
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file the log is in; None in PostgreSQL."""
+        return self._db.path if isinstance(self._db, SqliteDatabase) else None
 
     def close(self) -> None:
-        """Close the connection; the file stays consistent whenever this is skipped."""
-        with self._lock:
+        """Close the database if this store opened it; the log stays consistent regardless."""
+        if self._owned:
             self._db.close()
 
     def __enter__(self) -> AuditStore:
@@ -315,56 +310,44 @@ class AuditStore:
         prepared = [prepare(r) if isinstance(r, NewRecord) else r for r in records]
         if not prepared:
             return []
-        with self._lock:
-            try:
-                with immediate(self._db) as db:
-                    head = db.execute(
-                        "SELECT idx, hash FROM records ORDER BY idx DESC LIMIT 1"
-                    ).fetchone()
-                    index, prev = (head[0] + 1, bytes(head[1])) if head else (0, GENESIS)
-                    stored: list[AuditRecord] = []
-                    for item in prepared:
-                        digest = record_hash(
-                            prev,
-                            index,
-                            item.time_ns,
-                            int(item.kind),
-                            item.decision_id,
-                            item.trace_id,
-                            item.producer,
-                            item.payload_json,
-                        )
-                        stored.append(
-                            AuditRecord(
-                                index=index,
-                                decision_id=item.decision_id,
-                                trace_id=item.trace_id,
-                                kind=item.kind,
-                                payload_json=item.payload_json,
-                                time_ns=item.time_ns,
-                                producer=item.producer,
-                                prev_hash=prev,
-                                hash=digest,
-                            )
-                        )
-                        index, prev = index + 1, digest
-                    db.executemany(_INSERT, [_row(record) for record in stored])
-            except sqlite3.Error:
-                # A failed COMMIT (disk full, I/O error) can leave the transaction open;
-                # the next append must not run inside it.
-                with contextlib.suppress(sqlite3.Error):
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                raise
+        with self._db.transaction(lock="audit") as tx:
+            head = tx.fetchone("SELECT idx, hash FROM audit_records ORDER BY idx DESC LIMIT 1")
+            index, prev = (int(head[0]) + 1, bytes(head[1])) if head else (0, GENESIS)
+            stored: list[AuditRecord] = []
+            for item in prepared:
+                digest = record_hash(
+                    prev,
+                    index,
+                    item.time_ns,
+                    int(item.kind),
+                    item.decision_id,
+                    item.trace_id,
+                    item.producer,
+                    item.payload_json,
+                )
+                stored.append(
+                    AuditRecord(
+                        index=index,
+                        decision_id=item.decision_id,
+                        trace_id=item.trace_id,
+                        kind=item.kind,
+                        payload_json=item.payload_json,
+                        time_ns=item.time_ns,
+                        producer=item.producer,
+                        prev_hash=prev,
+                        hash=digest,
+                    )
+                )
+                index, prev = index + 1, digest
+            tx.executemany(_INSERT, [_row(record) for record in stored])
         return stored
 
     # ------------------------------------------------------------ reading
 
     def head(self) -> AuditRecord | None:
         """The last record of the chain, or None if it is empty."""
-        with self._lock:
-            row = self._db.execute(_SELECT_HEAD).fetchone()
-        return None if row is None else _record(row)
+        rows = self._db.fetch(_SELECT_HEAD)
+        return _record(rows[0]) if rows else None
 
     def decision(
         self, *, decision_id: str | None = None, trace_id: str | None = None
@@ -388,14 +371,12 @@ class AuditStore:
                     f"{trace_id!r} is not a W3C trace id: 32 hex digits, not all zero"
                 )
             column = "trace_id"
-        with self._lock:
-            rows = self._db.execute(_SELECT_BY[column], (key,)).fetchall()
-        return [_record(row) for row in rows]
+        return [_record(row) for row in self._db.fetch(_SELECT_BY[column], key)]
 
     def records(self, from_index: int = 0, to_index: int | None = None) -> list[AuditRecord]:
         """Records ``from_index`` to ``to_index`` (inclusive; None: the head), in order."""
-        with self._reader() as db:
-            return [_record(row) for row in _rows(db, from_index, to_index)]
+        with self._db.read() as snapshot:
+            return list(_records(snapshot, from_index, to_index))
 
     def verify(self, from_index: int = 0, to_index: int | None = None) -> ChainReport:
         """Recompute the chain over a range; the report names the first bad record.
@@ -406,8 +387,8 @@ class AuditStore:
         """
         if from_index < 0 or (to_index is not None and to_index < 0):
             raise InvalidArgument("record indexes are never negative")
-        with self._reader() as db:
-            row = db.execute(_SELECT_HEAD).fetchone()
+        with self._db.read() as snapshot:
+            row = snapshot.fetchone(_SELECT_HEAD)
             head = None if row is None else _record(row)
             if head is None:
                 if from_index or to_index:
@@ -423,17 +404,16 @@ class AuditStore:
                 raise InvalidArgument(f"from_index {from_index} is after to_index {last}")
             previous = GENESIS
             if from_index:
-                before = db.execute(
-                    "SELECT hash FROM records WHERE idx = ?", (from_index - 1,)
-                ).fetchone()
+                before = snapshot.fetchone(
+                    "SELECT hash FROM audit_records WHERE idx = ?", from_index - 1
+                )
                 if before is None:
                     missing = f"record {from_index - 1} is missing (records were removed)"
                     return ChainReport(
                         ChainCheck(0, from_index - 1, missing, GENESIS), from_index, last, head
                     )
                 previous = bytes(before[0])
-            records = (_record(r) for r in _rows(db, from_index, last))
-            check = verify(records, previous, from_index)
+            check = verify(_records(snapshot, from_index, last), previous, from_index)
             expected = last - from_index + 1
             if check.ok and check.checked < expected:
                 gap = from_index + check.checked
@@ -464,46 +444,26 @@ class AuditStore:
                 partial.unlink(missing_ok=True)
             return count
         count = 0
-        with self._reader() as db:
-            for row in _rows(db, from_index, None):
-                target.write(_record(row).to_json())
+        with self._db.read() as snapshot:
+            for record in _records(snapshot, from_index, None):
+                target.write(record.to_json())
                 target.write("\n")
                 count += 1
         return count
 
-    @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        """A connection of its own in one read transaction: a consistent snapshot."""
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            db.execute("BEGIN")
-            yield db
-            db.execute("COMMIT")
-        finally:
-            db.close()
 
-
-def _check_existing(path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"there is no audit log at {path}")
-    db = sqlite3.connect(path)
-    try:
-        table = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'records'"
-        ).fetchone()
-    finally:
-        db.close()
-    if table is None:
-        raise FileNotFoundError(f"{path} is not an audit log: it has no records table")
-
-
-def _rows(db: sqlite3.Connection, from_index: int, to_index: int | None) -> Iterator[Row]:
-    # The cursor streams rows: an export or a verify of a long chain stays small in memory.
-    # It is returned as is, not wrapped in a generator that could outlive the connection.
+def _records(snapshot: Transaction, from_index: int, to_index: int | None) -> Iterator[AuditRecord]:
+    """Records ``from_index``..``to_index`` of one snapshot, read a page at a time, so a
+    verify or an export of a long chain stays small in memory."""
     last = _INT64_MAX if to_index is None else to_index
-    cursor: Iterator[Row] = db.execute(_SELECT_RANGE, (from_index, last))
-    return cursor
+    start = from_index
+    while start <= last:
+        page = snapshot.fetch(_SELECT_PAGE, start, last, PAGE)
+        for row in page:
+            yield _record(row)
+        if len(page) < PAGE:
+            return
+        start = int(page[-1][0]) + 1
 
 
 def _row(record: AuditRecord) -> tuple[Any, ...]:

@@ -184,9 +184,9 @@ async def test_verify_chain_reports_the_head_a_break_and_a_range_beyond_the_head
 def tamper(path: Path, index: int) -> None:
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        db.execute("DROP TRIGGER records_no_update")
+        db.execute("DROP TRIGGER audit_records_no_update")
         db.execute(
-            "UPDATE records SET payload_json = replace(payload_json, 'BUY', 'BUZ') WHERE idx = ?",
+            "UPDATE audit_records SET payload_json = replace(payload_json, 'BUY', 'BUZ') WHERE idx = ?",
             (index,),
         )
     finally:

@@ -194,12 +194,12 @@ def test_export_writes_json_lines_that_read_back_into_a_verifying_chain(
 @pytest.mark.parametrize(
     "statement",
     [
-        "UPDATE records SET payload_json = '{}' WHERE idx = 1",
-        "DELETE FROM records WHERE idx = 2",
-        "DELETE FROM records",
-        "INSERT OR REPLACE INTO records SELECT * FROM records WHERE idx = 0",
-        "INSERT INTO records SELECT idx + 3, decision_id, trace_id, kind, payload_json, "
-        "time_ns, producer, prev_hash, hash FROM records WHERE idx = 2",
+        "UPDATE audit_records SET payload_json = '{}' WHERE idx = 1",
+        "DELETE FROM audit_records WHERE idx = 2",
+        "DELETE FROM audit_records",
+        "INSERT OR REPLACE INTO audit_records SELECT * FROM audit_records WHERE idx = 0",
+        "INSERT INTO audit_records SELECT idx + 3, decision_id, trace_id, kind, payload_json, "
+        "time_ns, producer, prev_hash, hash FROM audit_records WHERE idx = 2",
     ],
 )
 def test_sql_that_changes_removes_or_skips_records_is_refused(
@@ -219,9 +219,9 @@ def flip_payload_byte(path: Path, index: int) -> None:
     """Change one character of a stored payload, as a careless or hostile writer could."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        db.execute("DROP TRIGGER records_no_update")
+        db.execute("DROP TRIGGER audit_records_no_update")
         db.execute(
-            "UPDATE records SET payload_json = replace(payload_json, '1.0845', '1.0846') "
+            "UPDATE audit_records SET payload_json = replace(payload_json, '1.0845', '1.0846') "
             "WHERE idx = ?",
             (index,),
         )
@@ -276,10 +276,10 @@ def test_export_and_show_of_a_damaged_payload_keep_it_verbatim_and_do_not_crash(
 ) -> None:
     story(store)
     db = sqlite3.connect(store.path, isolation_level=None)
-    db.execute("DROP TRIGGER records_no_update")
+    db.execute("DROP TRIGGER audit_records_no_update")
     # Same value, other bytes: re-canonicalising it on export would hide the change.
-    db.execute("UPDATE records SET payload_json = ' ' || payload_json WHERE idx = 2")
-    db.execute("UPDATE records SET payload_json = 'not json' WHERE idx = 5")
+    db.execute("UPDATE audit_records SET payload_json = ' ' || payload_json WHERE idx = 2")
+    db.execute("UPDATE audit_records SET payload_json = 'not json' WHERE idx = 5")
     db.close()
     runner = CliRunner()
     exported = runner.invoke(app, ["export", "--db", str(store.path)])

@@ -160,3 +160,12 @@ def _fields(span: trace.Span) -> common_pb2.TraceContext:
     message = common_pb2.TraceContext()
     tracing.trace_fields(span, message)
     return message
+
+
+def test_up_says_where_the_traces_went() -> None:
+    from quantmesh.cli.up import _tracing_state
+
+    assert "traces: off" in _tracing_state({})
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://jaeger:4317"}
+    assert "sent to http://jaeger:4317" in _tracing_state(endpoint)
+    assert "traces: off" in _tracing_state(endpoint | {"OTEL_SDK_DISABLED": "true"})
