@@ -1,15 +1,16 @@
-"""Model registry core: versioned ONNX models on SQLite plus content-addressed artifacts.
+"""Model registry core: versioned ONNX models: metadata on the relational port, artifacts
+content-addressed on disk.
 
-Layout under ``root``:
+- Metadata: table ``model_versions`` holds one row per ``(name, version)`` with the
+  artifact's SHA-256, feature names, metrics, data range, description and params;
+  ``model_aliases`` maps ``(name, alias)`` to a version (``migrations/``). They live in
+  ``<root>/registry.sqlite3`` by default, or in the database ``QUANTMESH_DATABASE_URL``
+  (or the ``database`` argument) names, e.g. PostgreSQL shared by every service.
+- ``<root>/artifacts/<sha256>.onnx``: the ONNX bytes, named by their SHA-256, so two
+  versions (of any models) with identical bytes share one file.
 
-- ``registry.sqlite3``: one SQLite database in WAL mode. Table ``versions`` holds one row
-  per ``(name, version)`` with the artifact's SHA-256, feature names, metrics, data
-  range, description and params; table ``aliases`` maps ``(name, alias)`` to a version.
-- ``artifacts/<sha256>.onnx``: the ONNX bytes, named by their SHA-256, so two versions
-  (of any models) with identical bytes share one file.
-
-Every write is one ``BEGIN IMMEDIATE`` transaction, so registries in several processes on
-the same root assign versions 1, 2, 3, … per name without gaps or duplicates, and readers
+Every write is one transaction under the model's lock, so registries in several
+processes assign versions 1, 2, 3, … per name without gaps or duplicates, and readers
 always see a consistent snapshot. Registering is idempotent on content, as the
 ``RegisterModel`` contract asks: bytes whose SHA-256 is already a version of the same
 model return that version instead of a new one. Nothing here imports grpc; errors are
@@ -24,16 +25,18 @@ import math
 import numbers
 import os
 import re
-import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 from quantmesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from quantmesh.storage.relational import Database, Transaction, open_database
+from quantmesh.storage.relational.database import SqliteDatabase
+from quantmesh.storage.relational.migrations import load_migrations, migrate
 
 __all__ = ["ModelRegistry", "ModelVersion", "validate_alias", "validate_name"]
 
@@ -44,42 +47,19 @@ _REF = re.compile(r"(?P<name>[^@:]+)(?:@(?P<alias>[^@:]+)|:(?P<version>[^@:]+))?
 _VERSION = re.compile(r"[1-9][0-9]{0,17}")
 _BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's transaction
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-  name          TEXT    NOT NULL,
-  version       INTEGER NOT NULL CHECK (version >= 1),
-  sha256        TEXT    NOT NULL CHECK (length(sha256) = 64),
-  feature_names TEXT    NOT NULL,  -- JSON array of strings, the model's input order
-  metrics       TEXT    NOT NULL,  -- JSON object: metric name -> number
-  params        TEXT    NOT NULL,  -- JSON object: param name -> string
-  data_from_ms  INTEGER NOT NULL,
-  data_to_ms    INTEGER NOT NULL,
-  created_ms    INTEGER NOT NULL,
-  description   TEXT    NOT NULL,
-  PRIMARY KEY (name, version),
-  UNIQUE (name, sha256)
-);
-CREATE TABLE IF NOT EXISTS aliases (
-  name       TEXT    NOT NULL,
-  alias      TEXT    NOT NULL,
-  version    INTEGER NOT NULL,
-  updated_ms INTEGER NOT NULL,
-  PRIMARY KEY (name, alias),
-  FOREIGN KEY (name, version) REFERENCES versions (name, version)
-);
-"""
+MIGRATIONS = load_migrations("quantmesh.services.registry")
 # Spelled out, not formatted: queries stay literal strings.
 _INSERT_VERSION = (
-    "INSERT INTO versions (name, version, sha256, feature_names, metrics, params, "
+    "INSERT INTO model_versions (name, version, sha256, feature_names, metrics, params, "
     "data_from_ms, data_to_ms, created_ms, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT_VERSION = (
     "SELECT name, version, sha256, feature_names, metrics, params, data_from_ms, "
-    "data_to_ms, created_ms, description FROM versions WHERE name = ? AND version = ?"
+    "data_to_ms, created_ms, description FROM model_versions WHERE name = ? AND version = ?"
 )
 _SELECT_VERSIONS = (
     "SELECT name, version, sha256, feature_names, metrics, params, data_from_ms, "
-    "data_to_ms, created_ms, description FROM versions WHERE name = ? ORDER BY version"
+    "data_to_ms, created_ms, description FROM model_versions WHERE name = ? ORDER BY version"
 )
 
 
@@ -168,20 +148,32 @@ class ModelRegistry:
         Returns the current UTC epoch ms (injectable for tests).
     """
 
-    def __init__(self, root: Path, *, clock: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        clock: Callable[[], int] | None = None,
+        database: Database | str | None = None,
+    ) -> None:
         self.root = Path(root)
         self._artifacts = self.root / "artifacts"
         self._artifacts.mkdir(parents=True, exist_ok=True)
-        self._db = self.root / "registry.sqlite3"
         self._clock = clock or (lambda: time.time_ns() // 1_000_000)
-        with self._connect() as conn:
-            # WAL lets readers in other processes go on while one writer commits.
-            conn.execute("PRAGMA journal_mode = WAL")
-        with self._write() as conn:
-            # Statement by statement: executescript() would commit the transaction first.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        if database is None:
+            database = os.environ.get("QUANTMESH_DATABASE_URL") or ""
+        if isinstance(database, str):
+            self._db: Database = (
+                open_database(database)
+                if database
+                else SqliteDatabase(self.root / "registry.sqlite3")
+            )
+        else:
+            self._db = database
+        migrate(self._db, "registry", MIGRATIONS)
+
+    def close(self) -> None:
+        """Close the metadata database (a registry left open closes with the process)."""
+        self._db.close()
 
     # --- writes -------------------------------------------------------------------
 
@@ -272,32 +264,30 @@ class ModelRegistry:
         alias_list = sorted({validate_alias(a) for a in aliases})
         sha = hashlib.sha256(onnx_bytes).hexdigest()
         now = self._clock()
-        with self._write() as conn:
-            row = conn.execute(
-                "SELECT version FROM versions WHERE name = ? AND sha256 = ?", (name, sha)
-            ).fetchone()
+        with self._write(name) as conn:
+            row = conn.fetchone(
+                "SELECT version FROM model_versions WHERE name = ? AND sha256 = ?", name, sha
+            )
             existing = row is not None
             if row is not None:
                 version = int(row[0])
             else:
-                (latest,) = conn.execute(
-                    "SELECT coalesce(max(version), 0) FROM versions WHERE name = ?", (name,)
-                ).fetchone()
-                version = int(latest) + 1
+                latest = conn.fetchone(
+                    "SELECT coalesce(max(version), 0) FROM model_versions WHERE name = ?", name
+                )
+                version = int(latest[0] if latest else 0) + 1
                 conn.execute(
                     _INSERT_VERSION,
-                    (
-                        name,
-                        version,
-                        sha,
-                        json.dumps(features),
-                        json.dumps(metric_values),
-                        json.dumps(param_values),
-                        int(data_from_ms),
-                        int(data_to_ms),
-                        now,
-                        str(description),
-                    ),
+                    name,
+                    version,
+                    sha,
+                    json.dumps(features),
+                    json.dumps(metric_values),
+                    json.dumps(param_values),
+                    int(data_from_ms),
+                    int(data_to_ms),
+                    now,
+                    str(description),
                 )
             for alias in alias_list:
                 _upsert_alias(conn, name, alias, version, now)
@@ -319,7 +309,7 @@ class ModelRegistry:
         validate_name(name)
         validate_alias(alias)
         _validate_version(version)
-        with self._write() as conn:
+        with self._write(name) as conn:
             self._load(conn, name, version)  # NotFound before any change
             _upsert_alias(conn, name, alias, version, self._clock())
             return self._load(conn, name, version)
@@ -328,10 +318,10 @@ class ModelRegistry:
         """Remove ``alias`` of ``name``; NotFound if the model has no such alias."""
         validate_name(name)
         validate_alias(alias)
-        with self._write() as conn:
+        with self._write(name) as conn:
             deleted = conn.execute(
-                "DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias)
-            ).rowcount
+                "DELETE FROM model_aliases WHERE name = ? AND alias = ?", name, alias
+            )
             if not deleted:
                 raise NotFound(self._no_alias(conn, name, alias))
 
@@ -353,16 +343,17 @@ class ModelRegistry:
         with self._read() as conn:
             if alias is not None:
                 validate_alias(alias)
-                row = conn.execute(
-                    "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, alias)
-                ).fetchone()
+                row = conn.fetchone(
+                    "SELECT version FROM model_aliases WHERE name = ? AND alias = ?", name, alias
+                )
                 if row is None:
                     raise NotFound(self._no_alias(conn, name, alias))
                 return self._load(conn, name, int(row[0]))
             if version is None:
-                (latest,) = conn.execute(
-                    "SELECT max(version) FROM versions WHERE name = ?", (name,)
-                ).fetchone()
+                found = conn.fetchone(
+                    "SELECT max(version) FROM model_versions WHERE name = ?", name
+                )
+                latest = found[0] if found else None
                 if latest is None:
                     raise NotFound(self._no_model(conn, name))
                 return self._load(conn, name, int(latest))
@@ -395,13 +386,13 @@ class ModelRegistry:
     def list_models(self) -> list[str]:
         """Names of all models with at least one version, sorted."""
         with self._read() as conn:
-            return [r[0] for r in conn.execute("SELECT DISTINCT name FROM versions ORDER BY 1")]
+            return [r[0] for r in conn.fetch("SELECT DISTINCT name FROM model_versions ORDER BY 1")]
 
     def list_versions(self, name: str) -> list[ModelVersion]:
         """All versions of ``name``, oldest first; NotFound for an unknown model."""
         validate_name(name)
         with self._read() as conn:
-            rows = conn.execute(_SELECT_VERSIONS, (name,)).fetchall()
+            rows = conn.fetch(_SELECT_VERSIONS, name)
             if not rows:
                 raise NotFound(self._no_model(conn, name))
             aliases = _aliases_by_version(conn, name)
@@ -437,39 +428,13 @@ class ModelRegistry:
 
     # --- internals ----------------------------------------------------------------
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # One short-lived connection per call: safe across threads and processes, and
-        # cheap next to the work a registry call does.
-        conn = sqlite3.connect(self._db, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-        try:
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA synchronous = FULL")
-            yield conn
-        finally:
-            conn.close()
+    def _write(self, name: str) -> AbstractContextManager[Transaction]:
+        # Under the model's lock, so max(version) + 1 cannot race another process.
+        return self._db.transaction(lock=f"registry:{name}")
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        # IMMEDIATE takes the write lock up front, so max(version) + 1 cannot race.
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> AbstractContextManager[Transaction]:
         # A read transaction gives several SELECTs one snapshot (a version and its aliases).
-        with self._connect() as conn:
-            conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                conn.execute("COMMIT")
+        return self._db.read()
 
     def _artifact_path(self, sha256: str) -> Path:
         return self._artifacts / f"{sha256}.onnx"
@@ -490,13 +455,13 @@ class ModelRegistry:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def _load(self, conn: sqlite3.Connection, name: str, version: int) -> ModelVersion:
-        row = conn.execute(_SELECT_VERSION, (name, version)).fetchone()
+    def _load(self, conn: Transaction, name: str, version: int) -> ModelVersion:
+        row = conn.fetchone(_SELECT_VERSION, name, version)
         if row is None:
             versions = [
                 r[0]
-                for r in conn.execute(
-                    "SELECT version FROM versions WHERE name = ? ORDER BY version", (name,)
+                for r in conn.fetch(
+                    "SELECT version FROM model_versions WHERE name = ? ORDER BY version", name
                 )
             ]
             if not versions:
@@ -523,20 +488,20 @@ class ModelRegistry:
             params=MappingProxyType(json.loads(str(params))),
         )
 
-    def _no_model(self, conn: sqlite3.Connection, name: str) -> str:
-        names = [r[0] for r in conn.execute("SELECT DISTINCT name FROM versions ORDER BY 1")]
+    def _no_model(self, conn: Transaction, name: str) -> str:
+        names = [r[0] for r in conn.fetch("SELECT DISTINCT name FROM model_versions ORDER BY 1")]
         if not names:
             return f"no model named {name!r}: the registry at {self.root} holds no model yet"
         return f"no model named {name!r} in the registry at {self.root}; models: " + ", ".join(
             names
         )
 
-    def _no_alias(self, conn: sqlite3.Connection, name: str, alias: str) -> str:
-        rows = conn.execute(
-            "SELECT alias, version FROM aliases WHERE name = ? ORDER BY alias", (name,)
-        ).fetchall()
+    def _no_alias(self, conn: Transaction, name: str, alias: str) -> str:
+        rows = conn.fetch(
+            "SELECT alias, version FROM model_aliases WHERE name = ? ORDER BY alias", name
+        )
         if not rows:
-            exists = conn.execute("SELECT 1 FROM versions WHERE name = ?", (name,)).fetchone()
+            exists = conn.fetchone("SELECT 1 FROM model_versions WHERE name = ?", name)
             if exists is None:
                 return self._no_model(conn, name)
             return f"model {name!r} has no alias {alias!r}; it has no aliases"
@@ -544,19 +509,22 @@ class ModelRegistry:
         return f"model {name!r} has no alias {alias!r}; its aliases: {listing}"
 
 
-def _upsert_alias(conn: sqlite3.Connection, name: str, alias: str, version: int, now: int) -> None:
+def _upsert_alias(conn: Transaction, name: str, alias: str, version: int, now: int) -> None:
     conn.execute(
-        "INSERT INTO aliases (name, alias, version, updated_ms) VALUES (?, ?, ?, ?) "
+        "INSERT INTO model_aliases (name, alias, version, updated_ms) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, "
         "updated_ms = excluded.updated_ms",
-        (name, alias, version, now),
+        name,
+        alias,
+        version,
+        now,
     )
 
 
-def _aliases_by_version(conn: sqlite3.Connection, name: str) -> dict[int, tuple[str, ...]]:
+def _aliases_by_version(conn: Transaction, name: str) -> dict[int, tuple[str, ...]]:
     out: dict[int, list[str]] = {}
-    for alias, version in conn.execute(
-        "SELECT alias, version FROM aliases WHERE name = ? ORDER BY alias", (name,)
+    for alias, version in conn.fetch(
+        "SELECT alias, version FROM model_aliases WHERE name = ? ORDER BY alias", name
     ):
         out.setdefault(int(version), []).append(str(alias))
     return {version: tuple(names) for version, names in out.items()}

@@ -64,7 +64,9 @@ class IntegrityError(DatabaseError):
 class Transaction(Protocol):
     """Statements inside one transaction; it commits when its block ends without error."""
 
-    def execute(self, sql: str, *params: Any) -> None: ...
+    def execute(self, sql: str, *params: Any) -> int:
+        """Run one statement; return how many rows it changed (0 for DDL)."""
+        ...
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
@@ -119,9 +121,9 @@ class _SqliteTransaction:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    def execute(self, sql: str, *params: Any) -> None:
+    def execute(self, sql: str, *params: Any) -> int:
         with _sqlite_errors():
-            self._db.execute(sql, params)
+            return max(0, self._db.execute(sql, params).rowcount)
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with _sqlite_errors():
@@ -245,8 +247,11 @@ class _PostgresTransaction:
         self._database = database
         self._connection = connection
 
-    def execute(self, sql: str, *params: Any) -> None:
-        self._database._run(self._connection.execute(numbered(sql), *params))
+    def execute(self, sql: str, *params: Any) -> int:
+        status = self._database._run(self._connection.execute(numbered(sql), *params))
+        # asyncpg answers with the command tag, e.g. "UPDATE 3" or "INSERT 0 1".
+        last = str(status).rsplit(" ", 1)[-1]
+        return int(last) if last.isdigit() else 0
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
