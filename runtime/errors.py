@@ -32,6 +32,12 @@ class NotFound(DomainError):
     status = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(DomainError):
+    """The request would create something that exists (a name or id already taken)."""
+
+    status = grpc.StatusCode.ALREADY_EXISTS
+
+
 class OutOfRange(DomainError):
     """The request reads past the end of a finite sequence (e.g. ``from_seq`` past the end)."""
 

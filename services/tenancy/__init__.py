@@ -1,0 +1,1 @@
+"""Tenancy: tenants, their tiers, API keys and trading accounts."""
