@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -26,7 +27,11 @@ class ExecutionSettings(ServiceSettings):
     marketdata_address:
         ``host:port`` of market data: its ticks drive fills, stops and targets.
     folder:
-        Where the order store and the paper broker's journal live.
+        Where the order store (unless ``database_url`` is set) and the paper broker's
+        journal live.
+    database_url:
+        The order store's database, e.g. ``postgresql://…``; empty keeps it in
+        ``folder``. Defaults to ``QUANTMESH_DATABASE_URL``.
     account_id, currency, starting_balance:
         The paper account.
     tick_speed:
@@ -42,6 +47,7 @@ class ExecutionSettings(ServiceSettings):
     port: int = Field(default=8007, ge=0, le=65535)  # the seed's trading-engine port
     marketdata_address: str = "127.0.0.1:8001"
     folder: Path = Field(default_factory=_default_folder)
+    database_url: str = Field(default_factory=lambda: os.environ.get("QUANTMESH_DATABASE_URL", ""))
     account_id: str = Field(default="paper", min_length=1, max_length=64)
     currency: str = Field(default="USD", pattern="^[A-Z]{3}$")
     starting_balance: Decimal = Field(default=Decimal("10000"), gt=0)

@@ -30,7 +30,7 @@ def build_runtime(settings: ExecutionSettings) -> ServiceRuntime:
     settings.folder.mkdir(parents=True, exist_ok=True)
     signal = ReportSignal()
     engine = ExecutionEngine(
-        ExecutionStore(settings.folder / "execution.sqlite3"),
+        ExecutionStore(settings.folder / "execution.sqlite3", database=settings.database_url),
         PaperBroker(settings.folder / "paper_broker.sqlite3", PAPER_SYMBOLS),
         symbols=PAPER_SYMBOLS,
         account_id=settings.account_id,

@@ -1,20 +1,24 @@
-"""Durable execution state on SQLite: orders, fills, positions, reports and the account.
+"""Durable execution state on the relational port: orders, fills, positions, reports.
 
-One file (``$QUANTMESH_HOME/execution/execution.sqlite3`` by default), WAL mode,
-``synchronous = FULL``: a committed transaction survives a crash. Tables:
+SQLite by default (``$QUANTMESH_HOME/execution/execution.sqlite3``, WAL,
+``synchronous = FULL``), PostgreSQL when ``QUANTMESH_DATABASE_URL`` (or the
+``database`` argument) names one; a committed transaction survives a crash either way.
+Tables (``migrations/``):
 
-- ``orders``: one row per order, ``UNIQUE (account_id, idempotency_key)``. Triggers make
-  the state machine a property of the data: a row is inserted only in state NEW, every
-  update must be an edge of :data:`~quantmesh.services.execution.orders.ORDER_STATE_TABLE`
-  (copied into ``order_transitions``), and rows are never deleted. A final order
-  therefore cannot change at all.
-- ``fills``: one row per broker deal (primary key: the deal id, so a deal is booked
-  once), with its commission and realized profit.
-- ``positions``: open and closed positions, legs as JSON.
-- ``events``: the append-only execution reports, numbered by ``seq`` from 0 without
-  gaps; the ExecutionReport stream reads and resumes from here.
-- ``accounts``: the account snapshot (balance, totals) and the broker journal cursor;
-  ``quotes``: the last quote of each symbol; ``counters``: id sequences.
+- ``execution_orders``: one row per order, ``UNIQUE (account_id, idempotency_key)``.
+  Triggers make the state machine a property of the data: a row is inserted only in
+  state NEW, every update must be an edge of
+  :data:`~quantmesh.services.execution.orders.ORDER_STATE_TABLE` (copied into
+  ``execution_order_transitions``), and rows are never deleted. A final order therefore
+  cannot change at all.
+- ``execution_fills``: one row per broker deal (primary key: the deal id, so a deal is
+  booked once), with its commission and realized profit, in booking order.
+- ``execution_positions``: open and closed positions, legs as JSON.
+- ``execution_reports``: the append-only execution reports, numbered by ``seq`` from 0
+  without gaps; the ExecutionReport stream reads and resumes from here.
+- ``execution_accounts``: the account snapshot (balance, totals) and the broker journal
+  cursor; ``execution_quotes``: the last quote of each symbol; ``execution_counters``:
+  id sequences.
 
 Every change is made inside :meth:`ExecutionStore.transaction`, so the orders, fills,
 positions, reports, account and cursor of one broker event commit together or not at
@@ -24,8 +28,6 @@ all. Money and lots are stored as decimal text, never REAL. Nothing here imports
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -34,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from quantmesh.runtime.config import quantmesh_home
-from quantmesh.runtime.sqlite import connect, immediate
 from quantmesh.services.execution.accounts import Fill, Leg, Position, Quote
 from quantmesh.services.execution.orders import (
     ORDER_STATE_TABLE,
@@ -46,138 +47,32 @@ from quantmesh.services.execution.orders import (
     Side,
     TimeInForce,
 )
+from quantmesh.storage.relational import Database, Transaction, open_database
+from quantmesh.storage.relational.database import SqliteDatabase
+from quantmesh.storage.relational.migrations import load_migrations, migrate
 
 ZERO = Decimal(0)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS order_transitions (
-  from_state INTEGER NOT NULL,
-  to_state   INTEGER NOT NULL,
-  PRIMARY KEY (from_state, to_state)
-);
-CREATE TABLE IF NOT EXISTS orders (
-  seq              INTEGER PRIMARY KEY,  -- insertion order: newest first is seq DESC
-  order_id         TEXT    NOT NULL UNIQUE,
-  account_id       TEXT    NOT NULL,
-  idempotency_key  TEXT    NOT NULL,
-  symbol           TEXT    NOT NULL,
-  side             INTEGER NOT NULL,
-  type             INTEGER NOT NULL,
-  volume           TEXT    NOT NULL,
-  price            INTEGER,
-  stop_loss        INTEGER,
-  take_profit      INTEGER,
-  time_in_force    INTEGER NOT NULL,
-  expire_time_ms   INTEGER NOT NULL,
-  deviation_points INTEGER NOT NULL,
-  position_id      TEXT    NOT NULL,
-  signal_id        TEXT    NOT NULL,
-  traceparent      TEXT    NOT NULL,
-  tracestate       TEXT    NOT NULL,
-  origin           TEXT    NOT NULL,
-  state            INTEGER NOT NULL,
-  created_time_ms  INTEGER NOT NULL,
-  updated_time_ms  INTEGER NOT NULL,
-  filled_volume    TEXT    NOT NULL,
-  fill_notional    TEXT    NOT NULL,
-  commission       TEXT    NOT NULL,
-  reject_reason    TEXT    NOT NULL,
-  broker_order_id  TEXT    NOT NULL,
-  model_name       TEXT    NOT NULL DEFAULT '',
-  model_version    TEXT    NOT NULL DEFAULT '',
-  risk_decision    BLOB    NOT NULL DEFAULT x'',  -- serialized quantmesh.risk.v1.RiskDecision
-  reference_price  INTEGER,  -- the quote when recorded (market orders)
-  UNIQUE (account_id, idempotency_key)
-);
-CREATE TRIGGER IF NOT EXISTS orders_start_new BEFORE INSERT ON orders
-WHEN NEW.state <> 1
-BEGIN SELECT RAISE(ABORT, 'an order is recorded in state NEW first'); END;
-CREATE TRIGGER IF NOT EXISTS orders_follow_the_table BEFORE UPDATE ON orders
-WHEN NOT EXISTS (
-  SELECT 1 FROM order_transitions WHERE from_state = OLD.state AND to_state = NEW.state)
-BEGIN SELECT RAISE(ABORT, 'illegal order state transition'); END;
-CREATE TRIGGER IF NOT EXISTS orders_are_kept BEFORE DELETE ON orders
-BEGIN SELECT RAISE(ABORT, 'orders are never deleted'); END;
-CREATE TABLE IF NOT EXISTS fills (
-  deal_id      TEXT    PRIMARY KEY,
-  account_id   TEXT    NOT NULL,
-  order_id     TEXT    NOT NULL REFERENCES orders (order_id),
-  position_id  TEXT    NOT NULL,
-  symbol       TEXT    NOT NULL,
-  side         INTEGER NOT NULL,
-  volume       TEXT    NOT NULL,
-  price        INTEGER NOT NULL,
-  commission   TEXT    NOT NULL,
-  realized_pnl TEXT    NOT NULL,
-  time_ms      INTEGER NOT NULL,
-  closing      INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS positions (
-  position_id    TEXT    PRIMARY KEY,
-  account_id     TEXT    NOT NULL,
-  symbol         TEXT    NOT NULL,
-  side           INTEGER NOT NULL,
-  legs           TEXT    NOT NULL,  -- JSON [[volume, price], ...] of the open legs
-  stop_loss      INTEGER,
-  take_profit    INTEGER,
-  open_time_ms   INTEGER NOT NULL,
-  order_id       TEXT    NOT NULL,
-  signal_id      TEXT    NOT NULL,
-  commission     TEXT    NOT NULL,
-  realized_pnl   TEXT    NOT NULL,
-  closed_time_ms INTEGER NOT NULL,
-  open           INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-  seq        INTEGER PRIMARY KEY,
-  account_id TEXT    NOT NULL,
-  body       TEXT    NOT NULL  -- JSON of the ExecutionReport
-);
-CREATE TRIGGER IF NOT EXISTS events_append_only BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'execution reports are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_kept BEFORE DELETE ON events
-BEGIN SELECT RAISE(ABORT, 'execution reports are append-only'); END;
-CREATE TABLE IF NOT EXISTS accounts (
-  account_id       TEXT    PRIMARY KEY,
-  currency         TEXT    NOT NULL,
-  starting_balance TEXT    NOT NULL,
-  balance          TEXT    NOT NULL,
-  realized         TEXT    NOT NULL,
-  commission       TEXT    NOT NULL,
-  broker_cursor    INTEGER NOT NULL  -- seq of the last broker journal event applied
-);
-CREATE TABLE IF NOT EXISTS quotes (
-  symbol  TEXT    PRIMARY KEY,
-  bid     INTEGER NOT NULL,
-  ask     INTEGER NOT NULL,
-  time_ms INTEGER NOT NULL,
-  seq     INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS day_starts (
-  account_id TEXT    NOT NULL,
-  day        INTEGER NOT NULL,  -- UTC day number (epoch ms // 86,400,000)
-  equity     TEXT    NOT NULL,  -- equity when the market day began
-  PRIMARY KEY (account_id, day)
-);
-CREATE TABLE IF NOT EXISTS counters (
-  name  TEXT    PRIMARY KEY,
-  value INTEGER NOT NULL
-)
-"""
+MIGRATIONS = load_migrations("quantmesh.services.execution")
 _ORDER_COLUMNS = tuple(f.name for f in fields(Order))
-_SELECT_ORDER = f"SELECT seq, {', '.join(_ORDER_COLUMNS)} FROM orders"  # noqa: S608 (constant)
+_SELECT_ORDER = f"SELECT seq, {', '.join(_ORDER_COLUMNS)} FROM execution_orders"  # noqa: S608 (constant)
 _INSERT_ORDER = (
-    f"INSERT INTO orders ({', '.join(_ORDER_COLUMNS)}) "  # noqa: S608 (constant)
+    f"INSERT INTO execution_orders ({', '.join(_ORDER_COLUMNS)}) "  # noqa: S608 (constant)
     f"VALUES ({', '.join('?' * len(_ORDER_COLUMNS))})"
 )
 _UPDATE_ORDER = (
-    "UPDATE orders SET state = ?, updated_time_ms = ?, filled_volume = ?, fill_notional = ?, "
-    "commission = ?, reject_reason = ?, broker_order_id = ? "
+    "UPDATE execution_orders SET state = ?, updated_time_ms = ?, filled_volume = ?, "
+    "fill_notional = ?, commission = ?, reject_reason = ?, broker_order_id = ? "
     "WHERE order_id = ? AND state = ? AND filled_volume = ?"
 )
 _POSITION_COLUMNS = (
     "position_id, account_id, symbol, side, legs, stop_loss, take_profit, open_time_ms, "
     "order_id, signal_id, commission, realized_pnl, closed_time_ms"
+)
+_POSITION_UPDATES = ", ".join(
+    f"{column.strip()} = excluded.{column.strip()}"
+    for column in (*_POSITION_COLUMNS.split(","), "open")
+    if column.strip() != "position_id"
 )
 _FILL_COLUMNS = (
     "deal_id, order_id, position_id, symbol, side, volume, price, commission, time_ms, "
@@ -269,20 +164,21 @@ class AccountRecord:
 
 
 class StoreTransaction:
-    """Writes inside one ``BEGIN IMMEDIATE`` transaction (:meth:`ExecutionStore.transaction`)."""
+    """Writes inside one transaction (:meth:`ExecutionStore.transaction`)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def __init__(self, tx: Transaction) -> None:
+        self._db = tx
 
     def next_id(self, name: str) -> int:
         """The next value of sequence ``name``, from 1."""
-        self._db.execute(
-            "INSERT INTO counters (name, value) VALUES (?, 1) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + 1",
-            (name,),
+        row = self._db.fetchone(
+            "INSERT INTO execution_counters (name, value) VALUES (?, 1) "
+            "ON CONFLICT (name) DO UPDATE SET value = execution_counters.value + 1 "
+            "RETURNING value",
+            name,
         )
-        (value,) = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-        return int(value)
+        assert row is not None
+        return int(row[0])
 
     def order_by_key(self, account_id: str, key: str) -> Order | None:
         """See :meth:`ExecutionStore.order_by_key` (reads inside the transaction)."""
@@ -290,7 +186,7 @@ class StoreTransaction:
 
     def insert_order(self, order: Order) -> None:
         """Record a NEW order; a known ``(account_id, idempotency_key)`` raises IntegrityError."""
-        self._db.execute(_INSERT_ORDER, [_sql(getattr(order, c)) for c in _ORDER_COLUMNS])
+        self._db.execute(_INSERT_ORDER, *[_sql(getattr(order, c)) for c in _ORDER_COLUMNS])
 
     def update_order(self, before: Order, after: Order) -> None:
         """Replace ``before`` by ``after``, which must be a legal transition of it.
@@ -308,19 +204,17 @@ class StoreTransaction:
             )
         changed = self._db.execute(
             _UPDATE_ORDER,
-            (
-                int(after.state),
-                after.updated_time_ms,
-                str(after.filled_volume),
-                str(after.fill_notional),
-                str(after.commission),
-                after.reject_reason,
-                after.broker_order_id,
-                after.order_id,
-                int(before.state),
-                str(before.filled_volume),
-            ),
-        ).rowcount
+            int(after.state),
+            after.updated_time_ms,
+            str(after.filled_volume),
+            str(after.fill_notional),
+            str(after.commission),
+            after.reject_reason,
+            after.broker_order_id,
+            after.order_id,
+            int(before.state),
+            str(before.filled_volume),
+        )
         if changed != 1:
             raise InvalidTransition(f"order {before.order_id} changed under the update")
 
@@ -328,9 +222,11 @@ class StoreTransaction:
         """Book a deal; a deal id already booked raises IntegrityError."""
         values = [_sql(getattr(fill, c.strip())) for c in _FILL_COLUMNS.split(",")]
         self._db.execute(
-            f"INSERT INTO fills (account_id, {_FILL_COLUMNS}) "  # noqa: S608 (constant)
-            f"VALUES (?, {', '.join('?' * len(values))})",
-            [account_id, *values],
+            f"INSERT INTO execution_fills (account_id, {_FILL_COLUMNS}, booked_seq) "  # noqa: S608
+            f"VALUES (?, {', '.join('?' * len(values))}, "
+            "(SELECT coalesce(max(booked_seq), 0) + 1 FROM execution_fills))",
+            account_id,
+            *values,
         )
 
     def save_position(self, position: Position) -> None:
@@ -341,17 +237,24 @@ class StoreTransaction:
             for c in _POSITION_COLUMNS.split(",")
         ]
         self._db.execute(
-            f"INSERT OR REPLACE INTO positions ({_POSITION_COLUMNS}, open) "  # noqa: S608
-            f"VALUES ({', '.join('?' * len(values))}, ?)",
-            [*values, int(position.is_open)],
+            f"INSERT INTO execution_positions ({_POSITION_COLUMNS}, open, opened_seq) "  # noqa: S608
+            f"VALUES ({', '.join('?' * len(values))}, ?, "
+            "(SELECT coalesce(max(opened_seq), 0) + 1 FROM execution_positions)) "
+            f"ON CONFLICT (position_id) DO UPDATE SET {_POSITION_UPDATES}",
+            *values,
+            int(position.is_open),
         )
 
     def save_account(self, record: AccountRecord) -> None:
         """Insert or replace the account snapshot."""
         self._db.execute(
-            "INSERT OR REPLACE INTO accounts (account_id, currency, starting_balance, balance,"
-            " realized, commission, broker_cursor) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [_sql(getattr(record, f.name)) for f in fields(record)],
+            "INSERT INTO execution_accounts (account_id, currency, starting_balance, balance,"
+            " realized, commission, broker_cursor) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (account_id) DO UPDATE SET currency = excluded.currency, "
+            "starting_balance = excluded.starting_balance, balance = excluded.balance, "
+            "realized = excluded.realized, commission = excluded.commission, "
+            "broker_cursor = excluded.broker_cursor",
+            *[_sql(getattr(record, f.name)) for f in fields(record)],
         )
 
     def append_report(self, report: ExecutionReport) -> ExecutionReport:
@@ -360,76 +263,86 @@ class StoreTransaction:
         numbered = replace(report, seq=seq, report_id=f"R{seq}")
         body = {f.name: _sql(getattr(numbered, f.name)) for f in fields(numbered)}
         self._db.execute(
-            "INSERT INTO events (seq, account_id, body) VALUES (?, ?, ?)",
-            (seq, numbered.account_id, json.dumps(body)),
+            "INSERT INTO execution_reports (seq, account_id, body) VALUES (?, ?, ?)",
+            seq,
+            numbered.account_id,
+            json.dumps(body),
         )
         return numbered
 
     def save_day_start(self, account_id: str, day: int, equity: Decimal) -> None:
         """Record the equity at the start of UTC day ``day`` unless already recorded."""
         self._db.execute(
-            "INSERT OR IGNORE INTO day_starts (account_id, day, equity) VALUES (?, ?, ?)",
-            (account_id, day, str(equity)),
+            "INSERT INTO execution_day_starts (account_id, day, equity) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            account_id,
+            day,
+            str(equity),
         )
 
     def save_quotes(self, quotes: Iterable[Quote]) -> None:
         """Remember the last quote of each symbol."""
         self._db.executemany(
-            "INSERT OR REPLACE INTO quotes (symbol, bid, ask, time_ms, seq) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO execution_quotes (symbol, bid, ask, time_ms, seq) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (symbol) DO UPDATE SET bid = excluded.bid, ask = excluded.ask, "
+            "time_ms = excluded.time_ms, seq = excluded.seq",
             [(q.symbol, q.bid, q.ask, q.time_ms, q.seq) for q in quotes],
         )
 
 
 class ExecutionStore:
-    """Execution's durable state in one SQLite file (see the module docstring).
+    """Execution's durable state (see the module docstring).
 
     Parameters
     ----------
     path:
-        Database file, created with its folder if missing; None for
-        :func:`default_store_path`. One store object per process: it holds one
-        connection, and the engine serialises access to it.
+        SQLite file, created with its folder if missing; None for
+        :func:`default_store_path`. Ignored when ``database`` is given.
+    database:
+        A database or its URL (``postgresql://…``, ``sqlite:///…``) instead of the file.
+        One store object per process: the engine serialises access to it, and writers
+        in other processes wait for the ``execution`` lock.
     """
 
-    def __init__(self, path: Path | str | None = None) -> None:
+    def __init__(
+        self, path: Path | str | None = None, *, database: Database | str | None = None
+    ) -> None:
         self.path = Path(path) if path is not None else default_store_path()
-        self._db = connect(self.path)  # fsynced commits: an order is on disk before it is sent
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._reader = connect(self.path)
-        self._reader_lock = threading.Lock()
-        with self.transaction():
-            for statement in _SCHEMA.split(";\n"):
-                self._db.execute(statement)
-            _add_missing_columns(self._db, "orders", _ADDED_ORDER_COLUMNS)
+        if isinstance(database, str) and database:
+            self._db: Database = open_database(database)
+        elif database is not None and not isinstance(database, str):
+            self._db = database
+        else:
+            # fsynced commits: an order is on disk before it is sent
+            self._db = SqliteDatabase(self.path)
+        migrate(self._db, "execution", MIGRATIONS)
+        with self.transaction() as tx:
+            if self._db.dialect == "sqlite":
+                _add_missing_columns(tx._db, "execution_orders", _ADDED_ORDER_COLUMNS)
             # The table in code is the truth; the copy the trigger reads follows it.
-            self._db.execute("DELETE FROM order_transitions")
-            self._db.executemany(
-                "INSERT OR IGNORE INTO order_transitions (from_state, to_state) VALUES (?, ?)",
+            tx._db.execute("DELETE FROM execution_order_transitions")
+            tx._db.executemany(
+                "INSERT INTO execution_order_transitions (from_state, to_state) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
                 [(int(a), int(b)) for (a, _), b in ORDER_STATE_TABLE.items()],
             )
 
     def close(self) -> None:
-        """Close the connections."""
+        """Close the database."""
         self._db.close()
-        self._reader.close()
 
     @contextmanager
     def transaction(self, durable: bool = True) -> Iterator[StoreTransaction]:
         """One atomic unit of writes: committed when the block ends, rolled back on error.
 
-        A ``durable`` commit is fsynced before it returns. Pass False only for writes that
-        can be derived again from another durable record (the broker journal's events):
-        they survive a process crash like any commit and are fsynced by the next durable
-        commit (one WAL), so a power loss can drop only a tail that recovery re-derives.
+        A ``durable`` commit is on disk before it returns. Pass False only for writes
+        that can be derived again from another durable record (the broker journal's
+        events): they survive a process crash like any commit and reach the disk with
+        the next durable commit, so a power loss can drop only a tail that recovery
+        re-derives.
         """
-        if not durable:
-            self._db.execute("PRAGMA synchronous = NORMAL")
-        try:
-            with immediate(self._db) as db:
-                yield StoreTransaction(db)
-        finally:
-            if not durable:
-                self._db.execute("PRAGMA synchronous = FULL")
+        with self._db.transaction(lock="execution", durable=durable) as tx:
+            yield StoreTransaction(tx)
 
     # --- reads ------------------------------------------------------------------------
 
@@ -467,48 +380,54 @@ class ExecutionStore:
             if value:
                 where.append(clause)
                 args.append(value)
-        rows = self._db.execute(
+        rows = self._db.fetch(
             f"{_SELECT_ORDER} WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
-            [*args, limit],
-        ).fetchall()
+            *args,
+            limit,
+        )
         return [(row[0], _order(row[1:])) for row in rows]
 
     def positions(self, account_id: str, *, open_only: bool = True) -> list[Position]:
         """Positions of ``account_id``, oldest first."""
-        rows = self._db.execute(
-            f"SELECT {_POSITION_COLUMNS} FROM positions "  # noqa: S608 (constant)
-            f"WHERE account_id = ? AND open >= ? ORDER BY open_time_ms, rowid",
-            (account_id, int(open_only)),
-        ).fetchall()
+        rows = self._db.fetch(
+            f"SELECT {_POSITION_COLUMNS} FROM execution_positions "  # noqa: S608 (constant)
+            f"WHERE account_id = ? AND open >= ? ORDER BY open_time_ms, opened_seq",
+            account_id,
+            int(open_only),
+        )
         return [_position(row) for row in rows]
 
     def fills(self, account_id: str, *, since_ms: int = 0) -> list[Fill]:
         """Deals of ``account_id`` in booking order."""
-        rows = self._db.execute(
-            f"SELECT {_FILL_COLUMNS} FROM fills "  # noqa: S608 (constant)
-            "WHERE account_id = ? AND time_ms >= ? ORDER BY rowid",
-            (account_id, since_ms),
-        ).fetchall()
+        rows = self._db.fetch(
+            f"SELECT {_FILL_COLUMNS} FROM execution_fills "  # noqa: S608 (constant)
+            "WHERE account_id = ? AND time_ms >= ? ORDER BY booked_seq",
+            account_id,
+            since_ms,
+        )
         return [_fill(row) for row in rows]
 
     def account(self, account_id: str) -> AccountRecord | None:
         """The account snapshot, or None before the first write."""
-        row = self._db.execute(
+        rows = self._db.fetch(
             "SELECT account_id, currency, starting_balance, balance, realized, commission, "
-            "broker_cursor FROM accounts WHERE account_id = ?",
-            (account_id,),
-        ).fetchone()
-        if row is None:
+            "broker_cursor FROM execution_accounts WHERE account_id = ?",
+            account_id,
+        )
+        if not rows:
             return None
+        row = rows[0]
         start, balance, realized, commission = (Decimal(text) for text in row[2:6])
         return AccountRecord(row[0], row[1], start, balance, realized, commission, row[6])
 
     def day_start_equity(self, account_id: str, day: int) -> Decimal | None:
         """Equity recorded when UTC day ``day`` began, or None if it was not recorded."""
-        row = self._db.execute(
-            "SELECT equity FROM day_starts WHERE account_id = ? AND day = ?", (account_id, day)
-        ).fetchone()
-        return None if row is None else Decimal(row[0])
+        rows = self._db.fetch(
+            "SELECT equity FROM execution_day_starts WHERE account_id = ? AND day = ?",
+            account_id,
+            day,
+        )
+        return Decimal(rows[0][0]) if rows else None
 
     def save_day_start(self, account_id: str, day: int, equity: Decimal) -> None:
         """Record the equity at the start of ``day``; the first record of a day wins."""
@@ -517,7 +436,7 @@ class ExecutionStore:
 
     def quotes(self) -> dict[str, Quote]:
         """Last quote of each symbol."""
-        rows = self._db.execute("SELECT symbol, bid, ask, time_ms, seq FROM quotes")
+        rows = self._db.fetch("SELECT symbol, bid, ask, time_ms, seq FROM execution_quotes")
         return {row[0]: Quote(*row) for row in rows}
 
     def reports_since(
@@ -527,19 +446,20 @@ class ExecutionStore:
         where, args = "seq >= ?", [from_seq, *account_ids]
         if account_ids:
             where += f" AND account_id IN ({', '.join('?' * len(account_ids))})"
-        # A connection of its own: report streams read committed reports (append-only)
-        # while the engine writes, without waiting for the engine's lock.
-        with self._reader_lock:
-            rows = self._reader.execute(
-                f"SELECT body FROM events WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608
-                [*args, limit],
-            ).fetchall()
+        # A snapshot read: report streams read committed reports (append-only) while the
+        # engine writes, without waiting for the engine's lock.
+        with self._db.read() as snapshot:
+            rows = snapshot.fetch(
+                f"SELECT body FROM execution_reports WHERE {where} ORDER BY seq LIMIT ?",  # noqa: S608
+                *args,
+                limit,
+            )
         return [_report(json.loads(body)) for (body,) in rows]
 
     def last_report_seq(self) -> int:
         """Seq of the newest report, -1 when there is none."""
-        (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), -1) FROM events").fetchone()
-        return int(seq)
+        rows = self._db.fetch("SELECT COALESCE(MAX(seq), -1) FROM execution_reports")
+        return int(rows[0][0])
 
 
 # Columns added after the first release; a store created before gets them on open.
@@ -551,11 +471,12 @@ _ADDED_ORDER_COLUMNS = {
 }
 
 
-def _add_missing_columns(db: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:
-    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+def _add_missing_columns(tx: Transaction, table: str, columns: Mapping[str, str]) -> None:
+    # SQLite stores from before these columns were added (adopted as schema version 1).
+    present = {row[1] for row in tx.fetch(f"PRAGMA table_info({table})")}
     for name, spec in columns.items():
         if name not in present:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {spec}")
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {name} {spec}")
 
 
 def _sql(value: Any) -> Any:
@@ -570,9 +491,9 @@ def _sql(value: Any) -> Any:
     return value
 
 
-def _one_order(db: sqlite3.Connection, where: str, args: Sequence[Any]) -> Order | None:
-    row = db.execute(f"{_SELECT_ORDER} WHERE {where}", args).fetchone()
-    return None if row is None else _order(row[1:])
+def _one_order(db: Transaction | Database, where: str, args: Sequence[Any]) -> Order | None:
+    rows = db.fetch(f"{_SELECT_ORDER} WHERE {where}", *args)
+    return _order(rows[0][1:]) if rows else None
 
 
 _ORDER_TYPES: dict[str, Any] = {

@@ -85,9 +85,17 @@ class Database(Protocol):
     dialect: Dialect
     url: str  # as configured, password hidden
 
-    def transaction(self, lock: str | None = None) -> AbstractContextManager[Transaction]:
+    def transaction(
+        self, lock: str | None = None, durable: bool = True
+    ) -> AbstractContextManager[Transaction]:
         """A read-write transaction, atomic. With ``lock``, serialised with every other
-        transaction naming the same lock, in any process (SQLite serialises all writers)."""
+        transaction naming the same lock, in any process (SQLite serialises all writers).
+
+        A ``durable`` commit is on disk when it returns. ``durable=False`` is for writes
+        that can be derived again from a durable record: they survive a process crash
+        and reach the disk with the next durable commit, so only a power loss can drop
+        them (SQLite ``synchronous = NORMAL``, PostgreSQL ``synchronous_commit = off``).
+        """
         ...
 
     def fetch(self, sql: str, *params: Any) -> list[Row]:
@@ -186,26 +194,34 @@ class SqliteDatabase:
         self._db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         self._db.execute("PRAGMA foreign_keys = ON")
         self._lock = threading.RLock()  # one connection: one transaction at a time
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
 
     @contextmanager
-    def transaction(self, lock: str | None = None) -> Iterator[Transaction]:
+    def transaction(self, lock: str | None = None, durable: bool = True) -> Iterator[Transaction]:
         # BEGIN IMMEDIATE takes SQLite's one write lock: every writer is serialised.
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield _SqliteTransaction(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            try:
-                with _sqlite_errors():
-                    self._db.execute("COMMIT")
-            except DatabaseError:
-                # A failed COMMIT (disk full, I/O error) can leave the transaction open;
-                # the next one must not run inside it.
-                if self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield _SqliteTransaction(self._db)
+                except BaseException:
                     self._db.execute("ROLLBACK")
-                raise
+                    raise
+                try:
+                    with _sqlite_errors():
+                        self._db.execute("COMMIT")
+                except DatabaseError:
+                    # A failed COMMIT (disk full, I/O error) can leave the transaction
+                    # open; the next one must not run inside it.
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous = FULL")
 
     def fetch(self, sql: str, *params: Any) -> list[Row]:
         with self._lock:
@@ -213,15 +229,19 @@ class SqliteDatabase:
 
     @contextmanager
     def read(self) -> Iterator[Transaction]:
-        # A connection of its own: WAL gives it a snapshot while the writer goes on.
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-            db.execute("BEGIN")
-            yield _SqliteTransaction(db)
-            db.execute("COMMIT")
-        finally:
-            db.close()
+        # A connection of its own, kept open: WAL gives it a snapshot while the writer
+        # goes on (e.g. report streams read while orders commit).
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False
+                )
+                self._reader.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            self._reader.execute("BEGIN")
+            try:
+                yield _SqliteTransaction(self._reader)
+            finally:
+                self._reader.execute("COMMIT")
 
     def execute_script(self, sql: str) -> None:
         with self.transaction() as tx:
@@ -229,6 +249,9 @@ class SqliteDatabase:
 
     def close(self) -> None:
         self._db.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------
@@ -315,12 +338,14 @@ class PostgresDatabase:
             raise DatabaseError(str(error)) from error
 
     @contextmanager
-    def transaction(self, lock: str | None = None) -> Iterator[Transaction]:
+    def transaction(self, lock: str | None = None, durable: bool = True) -> Iterator[Transaction]:
         connection = self._run(self._pool.acquire())
         try:
             transaction = connection.transaction()
             self._run(transaction.start())
             try:
+                if not durable:
+                    self._run(connection.execute("SET LOCAL synchronous_commit TO OFF"))
                 if lock is not None:
                     # Held until commit or rollback, across every process on the server.
                     self._run(

@@ -93,7 +93,9 @@ def load_migrations(package: str, folder: str = "migrations") -> list[Migration]
 
 def applied_versions(db: Database, component: str) -> list[int]:
     """Versions of ``component`` already applied to ``db``, in order."""
-    db.execute_script(_LEDGER)
+    # Under a lock: PostgreSQL's CREATE TABLE IF NOT EXISTS races with itself.
+    with db.transaction(lock="schema_migrations") as tx:
+        tx.execute_script(_LEDGER)
     rows = db.fetch(
         "SELECT version FROM schema_migrations WHERE component = ? ORDER BY version", component
     )

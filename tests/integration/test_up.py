@@ -29,8 +29,8 @@ def environment(home: Path, **extra: str) -> dict[str, str]:
 def order_keys(home: Path) -> tuple[list[str], list[tuple[str, int]], list[int]]:
     """Execution's keys, the broker's received keys with counts, and the order states."""
     with sqlite3.connect(home / "execution" / "execution.sqlite3") as store:
-        keys = [key for (key,) in store.execute("SELECT idempotency_key FROM orders")]
-        states = [state for (state,) in store.execute("SELECT state FROM orders")]
+        keys = [key for (key,) in store.execute("SELECT idempotency_key FROM execution_orders")]
+        states = [state for (state,) in store.execute("SELECT state FROM execution_orders")]
     with sqlite3.connect(home / "execution" / "paper_broker.sqlite3") as journal:
         received = journal.execute(
             "SELECT client_key, COUNT(*) FROM broker_orders GROUP BY client_key"

@@ -143,7 +143,7 @@ def test_an_order_is_on_disk_in_state_new_before_the_broker_sees_it(tmp_path: Pa
             # Another connection, as another process after a crash would read it.
             with sqlite3.connect(tmp_path / "execution.sqlite3") as db:
                 row = db.execute(
-                    "SELECT state, idempotency_key FROM orders WHERE idempotency_key = ?",
+                    "SELECT state, idempotency_key FROM execution_orders WHERE idempotency_key = ?",
                     (order.client_key,),
                 ).fetchone()
             seen_on_disk.append(row)

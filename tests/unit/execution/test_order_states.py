@@ -28,6 +28,7 @@ from quantmesh.services.execution.orders import (
     with_fill,
 )
 from quantmesh.services.execution.store import ExecutionStore
+from quantmesh.storage.relational import IntegrityError
 
 S, E = OrderState, OrderEvent
 FILL_EVENTS = (E.FILL, E.PARTIAL_FILL)
@@ -174,21 +175,21 @@ def test_even_raw_sql_cannot_move_an_order_along_an_illegal_edge(store: Executio
         tx.insert_order(an_order())
     db = sqlite3.connect(store.path)
     with pytest.raises(sqlite3.IntegrityError, match="illegal order state transition"):
-        db.execute("UPDATE orders SET state = ? WHERE order_id = 'O1'", (int(S.FILLED),))
-    db.execute("UPDATE orders SET state = ? WHERE order_id = 'O1'", (int(S.REJECTED),))
+        db.execute("UPDATE execution_orders SET state = ? WHERE order_id = 'O1'", (int(S.FILLED),))
+    db.execute("UPDATE execution_orders SET state = ? WHERE order_id = 'O1'", (int(S.REJECTED),))
     db.commit()
     # REJECTED is final: not even a reason may change any more.
     with pytest.raises(sqlite3.IntegrityError, match="illegal order state transition"):
-        db.execute("UPDATE orders SET reject_reason = 'edited' WHERE order_id = 'O1'")
+        db.execute("UPDATE execution_orders SET reject_reason = 'edited' WHERE order_id = 'O1'")
     with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
-        db.execute("DELETE FROM orders")
+        db.execute("DELETE FROM execution_orders")
     db.close()
     assert store.order("O1") is not None
     assert store.order("O1").state is S.REJECTED  # type: ignore[union-attr]
 
 
 def test_orders_are_recorded_in_state_new_only(store: ExecutionStore) -> None:
-    with pytest.raises(sqlite3.IntegrityError, match="state NEW first"), store.transaction() as tx:
+    with pytest.raises(IntegrityError, match="state NEW first"), store.transaction() as tx:
         tx.insert_order(an_order(S.ACCEPTED))
     assert store.order("O1") is None
 

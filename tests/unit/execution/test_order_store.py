@@ -31,6 +31,7 @@ from quantmesh.services.execution.orders import (
 )
 from quantmesh.services.execution.store import ExecutionStore, default_store_path, report_of
 from quantmesh.services.marketdata.sources import EURUSD, TickColumns
+from quantmesh.storage.relational import IntegrityError
 
 
 def an_order(
@@ -65,7 +66,7 @@ def test_an_idempotency_key_is_unique_per_account(store: ExecutionStore) -> None
     with store.transaction() as tx:
         tx.insert_order(an_order(1, key="same"))
         tx.insert_order(an_order(2, key="same", account="other"))
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"), store.transaction() as tx:
+    with pytest.raises(IntegrityError, match=r"(?i)unique|duplicate"), store.transaction() as tx:
         tx.insert_order(an_order(3, key="same"))
     assert store.order("O3") is None
     assert store.order_by_key("paper", "same") == an_order(1, key="same")
@@ -114,9 +115,9 @@ def test_reports_are_append_only(store: ExecutionStore) -> None:
         tx.append_report(report_of(an_order(1), 1_000))
     with sqlite3.connect(store.path) as db:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            db.execute("UPDATE events SET body = '{}'")
+            db.execute("UPDATE execution_reports SET body = '{}'")
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            db.execute("DELETE FROM events")
+            db.execute("DELETE FROM execution_reports")
 
 
 def test_a_deal_is_booked_once(store: ExecutionStore) -> None:
@@ -135,7 +136,7 @@ def test_a_deal_is_booked_once(store: ExecutionStore) -> None:
     with store.transaction() as tx:
         tx.insert_order(an_order(1))
         tx.insert_fill("paper", deal)
-    with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
+    with pytest.raises(IntegrityError), store.transaction() as tx:
         tx.insert_fill("paper", deal)
     assert store.fills("paper") == [deal]
 
