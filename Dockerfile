@@ -12,6 +12,7 @@ COPY bench bench
 COPY datasets datasets
 COPY mesh mesh
 COPY observability observability
+COPY storage storage
 # The CPU build of torch (the trainer job needs it); PyPI's default is a CUDA build.
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu ".[train]" \
     && rm -rf /app/*

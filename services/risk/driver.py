@@ -63,6 +63,7 @@ from quantmesh.services.execution.convert import lots_from_proto, lots_to_proto
 from quantmesh.services.risk import convert, spans
 from quantmesh.services.risk.convert import QuoteBook
 from quantmesh.services.risk.core import AccountState, RiskDecision, SignalView
+from quantmesh.services.risk.exposure import account_exposure, exposure_log_fields
 from quantmesh.services.risk.servicer import EXECUTION_TIMEOUT_SECONDS, read_account
 from quantmesh.services.risk.sizing import Quotes, SymbolSpec, fmt
 from quantmesh.services.risk.store import DurableRiskEngine, RiskStore, cursor_name
@@ -393,6 +394,12 @@ class RiskDriver:
         market_read = time.perf_counter()
         state = convert.account_state_from_proto(account, positions)
         quotes = self._quotes.quotes(positions)
+        spans.record_exposure(
+            span,
+            lambda: exposure_log_fields(
+                account_exposure(positions, self._symbols, quotes, state.currency)
+            ),
+        )
         try:
             # Inline: a fraction of a millisecond of arithmetic costs less than a thread hop.
             decision, seconds = _timed_evaluate(self._risk, view, state, quotes, spec)

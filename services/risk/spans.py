@@ -8,7 +8,7 @@ Jaeger, e.g. ``quantmesh.risk.rule.max_spread=fail``) and an event with its numb
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from opentelemetry.trace import Span
@@ -16,6 +16,7 @@ from opentelemetry.trace import Span
 from quantmesh.common.v1 import common_pb2
 from quantmesh.decision.v1 import decision_pb2
 from quantmesh.observability import tracing
+from quantmesh.runtime.errors import DomainError
 from quantmesh.services.risk.core import RiskDecision
 
 
@@ -66,6 +67,20 @@ def record_decision(span: Span | None, decision: RiskDecision) -> None:
                 "quantmesh.risk.unit": verdict.unit,
             },
         )
+
+
+def record_exposure(span: Span | None, exposure: Callable[[], Mapping[str, str]]) -> None:
+    """The account's net exposure per currency when the signal came (computed only when
+    the span is recorded), e.g. ``quantmesh.risk.exposure.USD=-185000.00``."""
+    if span is None or not span.is_recording():
+        return
+    try:
+        fields = exposure()
+    except DomainError as error:  # a position risk cannot value: say so, decide anyway
+        span.set_attribute("quantmesh.risk.exposure_error", str(error))
+        return
+    for name, amount in fields.items():
+        span.set_attribute(f"quantmesh.risk.{name.replace('_', '.', 1)}", amount)
 
 
 def trace_context(span: Span | None, fallback: common_pb2.TraceContext) -> common_pb2.TraceContext:

@@ -368,6 +368,7 @@ def test_each_traded_decision_is_one_trace_across_every_service(clean_run: Outco
             assert "quantmesh.inference.cache_hit" in inference.attributes
             assert policy.attributes["quantmesh.decision.id"] == decision_id
             assert policy.attributes["quantmesh.decision.reason"]
+            assert "quantmesh.risk.exposure_error" not in risk.attributes
             verdicts = [e for e in risk.events if e[0] == "risk.rule"]
             assert len(verdicts) == RULES
             assert sum(k.startswith("quantmesh.risk.rule.") for k in risk.attributes) == RULES
