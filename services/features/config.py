@@ -25,6 +25,11 @@ class FeaturesSettings(ServiceSettings):
     tick_speed:
         Replay speed asked of market data: 0 as fast as possible, 1.0 real time,
         3600 one market hour per second (live-like runs and latency benchmarks).
+    cache_url:
+        Cache where each symbol's latest feature vector is written (the last row per
+        symbol of every batch sent, never an older one over a newer):
+        ``redis://host:6379/0`` (Redis or DragonflyDB) or ``memory://``. Empty (the
+        default) writes nothing.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
@@ -34,3 +39,4 @@ class FeaturesSettings(ServiceSettings):
     tick_batch_size: int = Field(default=2_000, ge=1, le=100_000)
     tick_window: int = Field(default=16, ge=1, le=1_024)
     tick_speed: float = Field(default=0.0, ge=0.0)
+    cache_url: str = ""

@@ -23,6 +23,7 @@ from quantmesh.services.features.core import (
     numbered_rows,
     plan_subscription,
 )
+from quantmesh.services.features.latest import LatestFeaturesPublisher
 from quantmesh.services.features.spans import RowSpans
 from quantmesh.services.marketdata.client import TickSubscriber
 from quantmesh.services.marketdata.convert import symbol_from_proto, tick_columns_from_proto
@@ -36,11 +37,21 @@ _log = get_logger("features")
 
 
 class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
-    """Streams feature rows computed from the market data service's ticks."""
+    """Streams feature rows computed from the market data service's ticks.
 
-    def __init__(self, settings: FeaturesSettings, shutdown: asyncio.Event) -> None:
+    With a ``latest`` publisher, every emitted batch also offers each symbol's last row
+    as its latest feature vector (written to the cache off the stream's path).
+    """
+
+    def __init__(
+        self,
+        settings: FeaturesSettings,
+        shutdown: asyncio.Event,
+        latest: LatestFeaturesPublisher | None = None,
+    ) -> None:
         self._settings = settings
         self._shutdown = shutdown
+        self._latest = latest
 
     async def GetFeatureSchema(
         self, request: features_pb2.GetFeatureSchemaRequest, context: Context
@@ -72,6 +83,8 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
                     rows = numbered_rows(self._ticks(channel, plan, spans), plan)
                     encoder = convert.FeatureBatchEncoder(plan)
                     encode = encoder if spans is None else _traced(encoder, spans)
+                    if self._latest is not None:
+                        encode = _publishing(encode, self._latest, plan)
                     async for message in produce(
                         rows, flow, self._shutdown, encode, encoder.end, stream="features"
                     ):
@@ -131,3 +144,18 @@ def _traced(
         return message
 
     return encode
+
+
+def _publishing(
+    encode: Callable[[NumberedRows], features_pb2.SubscribeResponse],
+    latest: LatestFeaturesPublisher,
+    plan: FeaturePlan,
+) -> Callable[[NumberedRows], features_pb2.SubscribeResponse]:
+    symbols = [symbol.name for symbol in plan.symbols]  # the engine's symbol_index order
+
+    def publish(numbered: NumberedRows) -> features_pb2.SubscribeResponse:
+        message = encode(numbered)  # called only when the batch is sent
+        latest.offer(symbols, numbered.rows)
+        return message
+
+    return publish

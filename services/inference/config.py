@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from quantmesh.runtime.config import ServiceSettings, quantmesh_home
+from quantmesh.services.inference.cache import DEFAULT_SHARED_TTL_S
 
 ENV_PREFIX = "QUANTMESH_INFERENCE_"
 
@@ -35,6 +36,13 @@ class InferenceSettings(ServiceSettings):
         ``host:port`` of the features service that the prediction stream reads.
     cache_size:
         Predictions kept in the in-process LRU cache; 0 disables it.
+    cache_url:
+        A cache shared by every inference replica, behind the in-process one:
+        ``redis://host:6379/0`` (Redis or DragonflyDB; ``rediss://`` for TLS). Empty (the
+        default) shares nothing. An unreachable store fails the start; one that goes down
+        later is skipped (predictions are computed) until it is back.
+    cache_ttl_seconds:
+        How long the shared cache keeps a prediction.
     alias_poll_seconds:
         How often aliases followed are re-read from the registry, so that a champion
         moved by the trainer or another process is served without a restart; 0 never.
@@ -47,6 +55,8 @@ class InferenceSettings(ServiceSettings):
     model_refs: str = "eurusd-h1-direction@champion"
     features_address: str = "127.0.0.1:8002"
     cache_size: int = Field(default=100_000, ge=0, le=10_000_000)
+    cache_url: str = ""
+    cache_ttl_seconds: float = Field(default=DEFAULT_SHARED_TTL_S, gt=0.0, le=30 * 86_400.0)
     alias_poll_seconds: float = Field(default=5.0, ge=0.0, le=3_600.0)
 
     @field_validator("model_refs")

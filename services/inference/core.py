@@ -275,6 +275,9 @@ class ModelServer:
     stream_feature_names:
         Columns of the feature stream. When given, a model whose feature names are not
         all among them is refused (FAILED_PRECONDITION): it could never be streamed.
+    cache:
+        The prediction cache to use instead of an in-process one of ``cache_size``
+        entries, e.g. one in front of a shared store (Redis, Dragonfly).
     """
 
     def __init__(
@@ -282,9 +285,10 @@ class ModelServer:
         registry: ModelRegistry,
         cache_size: int = 100_000,
         stream_feature_names: Collection[str] | None = None,
+        cache: PredictionCache | None = None,
     ) -> None:
         self.registry = registry
-        self.cache = PredictionCache(cache_size)
+        self.cache = cache if cache is not None else PredictionCache(cache_size)
         self._stream_features = None if stream_feature_names is None else set(stream_feature_names)
         self._primary: dict[str, LoadedModel] = {}
         self._pinned: dict[tuple[str, int], LoadedModel] = {}  # insertion order = LRU order

@@ -19,7 +19,8 @@ from quantmesh.runtime.errors import DomainError
 from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.server import ServiceRuntime
 from quantmesh.services.features.schema import FEATURE_NAMES
-from quantmesh.services.inference.config import InferenceSettings
+from quantmesh.services.inference.cache import PredictionCache
+from quantmesh.services.inference.config import ENV_PREFIX, InferenceSettings
 from quantmesh.services.inference.core import ModelServer
 from quantmesh.services.inference.servicer import (
     INFERENCE_SERVICE,
@@ -30,13 +31,29 @@ from quantmesh.services.inference.servicer import (
 from quantmesh.services.registry.core import ModelRegistry
 from quantmesh.services.registry.servicer import SERVICE_NAME as REGISTRY_SERVICE
 from quantmesh.services.registry.servicer import ModelRegistryServicer
+from quantmesh.storage.cache import open_cache
+from quantmesh.storage.resilience import Backoff
 
 _log = get_logger("inference")
+CACHE_URL_SETTING = f"{ENV_PREFIX}CACHE_URL"
+# The hot path waits for the shared cache: a short backoff, then predict without it. At
+# start-up, the store gets the usual few seconds (it may be starting beside us).
+SHARED_CACHE_BACKOFF = Backoff(attempts=2, first_delay=0.05, max_delay=0.05)
+SHARED_CACHE_CONNECT_BACKOFF = Backoff()
 
 
 def build_model_server(settings: InferenceSettings, registry: ModelRegistry) -> ModelServer:
-    """A model server serving ``settings.refs``; a ref that cannot load is logged."""
-    server = ModelServer(registry, settings.cache_size, stream_feature_names=FEATURE_NAMES)
+    """A model server serving ``settings.refs``; a ref that cannot load is logged.
+
+    Raises
+    ------
+    StoreConfigError, StoreUnavailableError
+        When ``cache_url`` is malformed or its store unreachable; the message names
+        ``QUANTMESH_INFERENCE_CACHE_URL``.
+    """
+    server = ModelServer(
+        registry, stream_feature_names=FEATURE_NAMES, cache=build_prediction_cache(settings)
+    )
     for ref in settings.refs:
         try:
             switched = server.serve(ref)
@@ -47,6 +64,20 @@ def build_model_server(settings: InferenceSettings, registry: ModelRegistry) -> 
             continue
         _log.info("model served", ref=ref, model=switched.model.label)
     return server
+
+
+def build_prediction_cache(settings: InferenceSettings) -> PredictionCache:
+    """The in-process cache, in front of the shared store ``cache_url`` names if any."""
+    shared = None
+    if settings.cache_url:
+        shared = open_cache(
+            settings.cache_url,
+            CACHE_URL_SETTING,
+            backoff=SHARED_CACHE_BACKOFF,
+            connect_backoff=SHARED_CACHE_CONNECT_BACKOFF,
+        )
+        _log.info("shared prediction cache", url=shared.url)
+    return PredictionCache(settings.cache_size, shared, ttl_s=settings.cache_ttl_seconds)
 
 
 def build_runtime(
@@ -91,11 +122,23 @@ def build_runtime(
                 )
             )
 
+    async def close_cache_at_stop(shutdown: asyncio.Event) -> None:
+        # Not at `shutdown`: RPCs draining in the grace period still read the cache. The
+        # runtime cancels its jobs once the server has stopped.
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            core.cache.close()
+
     return ServiceRuntime(
         "inference",
         settings,
         [OPEN_INFERENCE_SERVICE, INFERENCE_SERVICE, REGISTRY_SERVICE],
         register,
+        # A model server passed in is the caller's to close.
+        background=[close_cache_at_stop]
+        if model_server is None and core.cache.shared is not None
+        else [],
     )
 
 
