@@ -123,12 +123,8 @@ def test_the_adapter_fits_composes_arangodb_service() -> None:
     assert f":{DEFAULT_PORT}/" in " ".join(service["healthcheck"]["test"])
     # The services' store addresses: the server they name is the one our URL reaches.
     stores = compose["x-stores"]
-    assert stores["QUANTMESH_ARANGODB_URL"] == f"http://arangodb:{DEFAULT_PORT}"
-    assert _default(stores["QUANTMESH_ARANGODB_PASSWORD"]) == root_password
-    # The URL compose should give the services (the one it sets, once it sets one).
-    proposed = f"arangodb://root:{root_password}@arangodb:{DEFAULT_PORT}/quantmesh"
-    settings = _settings(_default(stores.get(SETTING, proposed)))
-    assert settings.host == stores["QUANTMESH_ARANGODB_URL"]
+    settings = _settings(_default(stores[SETTING]))
+    assert settings.host == f"http://arangodb:{DEFAULT_PORT}"
     assert (settings.username, settings.password) == ("root", root_password)
     # No database is created by the image besides _system: root lets the adapter create it.
     assert settings.database != "_system"
