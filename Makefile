@@ -34,7 +34,7 @@ check: setup
 # editable install (a symlink tree under build/), then the lenient one is restored.
 typecheck: setup
 	$(BIN)/python -m pip install --quiet --no-deps -e . --config-settings editable_mode=strict
-	$(BIN)/mypy -p quantmesh.services -p quantmesh.runtime -p quantmesh.cli -p quantmesh.bench -p quantmesh.datasets -p quantmesh.mesh -p quantmesh.observability; \
+	$(BIN)/mypy -p quantmesh.services -p quantmesh.runtime -p quantmesh.cli -p quantmesh.bench -p quantmesh.datasets -p quantmesh.mesh -p quantmesh.observability -p quantmesh.storage; \
 	  status=$$?; $(BIN)/python -m pip install --quiet --no-deps -e .; exit $$status
 
 pytest: setup

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from quantmesh.runtime.config import ServiceSettings, quantmesh_home
+from quantmesh.storage.vectors import DEFAULT_URL as DEFAULT_VECTORS_URL
 
 ENV_PREFIX = "QUANTMESH_DECISION_"
 
@@ -29,6 +30,17 @@ class DecisionSettings(ServiceSettings):
         Model registry folder, read for each model's data range (staleness rule).
     min_confidence, stop_atr_multiple, reward_risk:
         Policy thresholds (see ``quantmesh.services.decision.policy``).
+    similar_states:
+        k: how many similar past market states to look up for each row and summarise in
+        the decision's reason (``quantmesh.services.decision.similar``). 0, the default,
+        turns the lookup off. Either way the actions are the same: it adds to the reason
+        only.
+    similar_horizon_ms:
+        How far ahead a past state's outcome looks ("rose over 1h").
+    vectors_url:
+        The vectors store of the market states (``quantmesh.storage.vectors``):
+        ``memory://`` (the default, rebuilt from the stream), ``file:///var/states.npz``
+        or ``weaviate://:KEY@host:8080``. Read only when ``similar_states`` > 0.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
@@ -42,3 +54,6 @@ class DecisionSettings(ServiceSettings):
     min_confidence: float = Field(default=0.1, ge=0.0, le=1.0)
     stop_atr_multiple: float = Field(default=1.5, gt=0.0, le=20.0)
     reward_risk: float = Field(default=2.0, gt=0.0, le=20.0)
+    similar_states: int = Field(default=0, ge=0, le=1000)
+    similar_horizon_ms: int = Field(default=3_600_000, gt=0, le=30 * 86_400_000)
+    vectors_url: str = DEFAULT_VECTORS_URL

@@ -22,10 +22,19 @@ conditions they were opened in.
 The policy is deterministic: the same inputs in the same order give the same decisions,
 ids included (ids derive from the inputs, see :func:`signal_id`). Its only state is the
 last directional action per symbol.
+
+**Similar past states** (optional, off by default: ``QUANTMESH_DECISION_SIMILAR_STATES``
+is 0). When an input carries :class:`SimilarOutcomes` (what followed the k past market
+states most like this row, :mod:`quantmesh.services.decision.similar`), the decision's
+reason ends with them, e.g. "12 similar past states: 8 rose over 1h, mean +4.1 bps".
+They are context for the people and the audit log only: they never change the action,
+the confidence, the stop, the target or the id. An input without them (the default)
+gets exactly the decision it got before they existed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import uuid
@@ -89,6 +98,38 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class SimilarOutcomes:
+    """What followed the past market states most similar to an input's row.
+
+    Attributes
+    ----------
+    count:
+        How many similar states were found (up to the configured k).
+    rose:
+        How many of them the price rose after, over ``horizon_ms``.
+    mean_bps:
+        Their mean return over ``horizon_ms``, in basis points (0 when ``count`` is 0).
+    horizon_ms:
+        How far ahead the outcomes look.
+    """
+
+    count: int
+    rose: int
+    mean_bps: float
+    horizon_ms: int
+
+    def describe(self) -> str:
+        """E.g. ``12 similar past states: 8 rose over 1h, mean +4.1 bps``."""
+        if not self.count:
+            return "no similar past states yet"
+        states = "state" if self.count == 1 else "states"
+        return (
+            f"{self.count} similar past {states}: {self.rose} rose over "
+            f"{_duration(self.horizon_ms)}, mean {self.mean_bps:+.1f} bps"
+        )
+
+
+@dataclass(frozen=True)
 class DecisionInput:
     """Everything one decision is made from: one feature row and its prediction."""
 
@@ -110,6 +151,7 @@ class DecisionInput:
     session_mask: int
     feature_names: tuple[str, ...] = ()
     feature_values: tuple[float, ...] = ()
+    similar: SimilarOutcomes | None = None  # context for the reason only
 
 
 @dataclass(frozen=True)
@@ -134,6 +176,13 @@ class DecisionPolicy:
     _standing: dict[str, Action] = field(default_factory=dict)
 
     def decide(self, row: DecisionInput) -> Decision:
+        decision = self._decide(row)
+        if row.similar is None:
+            return decision
+        # Similar past states are context: only the reason changes, never the decision.
+        return dataclasses.replace(decision, reason=f"{decision.reason}; {row.similar.describe()}")
+
+    def _decide(self, row: DecisionInput) -> Decision:
         config = self.config
         p = row.probability_up
         blocked = self._blocking_filter(row)
@@ -226,6 +275,13 @@ def signal_id(row: DecisionInput) -> str:
     value |= 0b10 << 62  # RFC 4122 variant
     value |= digest & (2**62 - 1)  # 62 bits rand_b
     return str(uuid.UUID(int=value))
+
+
+def _duration(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1_000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 def _sessions(mask: int) -> str:

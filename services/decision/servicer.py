@@ -20,6 +20,7 @@ from quantmesh.services.decision import convert
 from quantmesh.services.decision.config import DecisionSettings
 from quantmesh.services.decision.core import NumberedSignals, numbered_signals, validate
 from quantmesh.services.decision.policy import DecisionPolicy, PolicyConfig
+from quantmesh.services.decision.similar import SimilarStates, open_similar_store
 from quantmesh.services.decision.spans import SignalSpans
 from quantmesh.services.decision.upstream import PredictionSubscriber, joined_inputs
 from quantmesh.services.features.client import FeatureSubscriber
@@ -39,6 +40,8 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         self._settings = settings
         self._shutdown = shutdown
         self._registry = ModelRegistry(settings.registry_root)
+        # Similar past states for the reasons: None (off) unless similar_states > 0.
+        self._vectors = open_similar_store(settings)
 
     @functools.lru_cache(maxsize=64)  # noqa: B019 - one servicer per process; versions are immutable
     def _model_info(self, name: str, version: str) -> tuple[int, tuple[str, ...]]:
@@ -85,6 +88,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                         predictions if spans is None else spans.observe(predictions),
                         digits,
                         self._model_info,
+                        similar=SimilarStates.over(self._vectors, settings),
                     )
                     signals = numbered_signals(
                         inputs,

@@ -3,6 +3,10 @@
 Inference numbers its predictions after the feature rows they were made on
 (``feature_seq``), so the join needs no clock: every primary prediction is paired with
 the feature row of the same seq. Shadow predictions are never traded and skipped here.
+
+With the optional similar-states lookup (:mod:`quantmesh.services.decision.similar`),
+every feature row is also observed once, in seq order, before any row after it is
+decided, and each input carries what followed the past states most like its row.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -18,6 +23,9 @@ from quantmesh.features.v1 import features_pb2
 from quantmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from quantmesh.runtime.subscriber import StreamSpec, StreamSubscriber
 from quantmesh.services.decision.policy import DecisionInput
+
+if TYPE_CHECKING:  # similar imports FeatureRow from here
+    from quantmesh.services.decision.similar import SimilarStates
 
 
 class PredictionSubscriber(StreamSubscriber[inference_pb2.PredictionBatch]):
@@ -87,8 +95,13 @@ async def joined_inputs(
     predictions: AsyncIterator[inference_pb2.PredictionBatch],
     digits: Mapping[str, int],
     model_info: ModelInfo,
+    similar: SimilarStates | None = None,
 ) -> AsyncIterator[list[DecisionInput]]:
-    """Pair each primary prediction with its feature row; one list per prediction batch."""
+    """Pair each primary prediction with its feature row; one list per prediction batch.
+
+    With ``similar``, each input also carries what followed its row's most similar past
+    states (None: the inputs are exactly those without the lookup).
+    """
     pending: deque[FeatureRow] = deque()
     async for batch in predictions:
         inputs = []
@@ -103,9 +116,12 @@ async def joined_inputs(
                     raise RuntimeError(f"feature stream ended before feature row {wanted}")
                 pending.extend(feature_rows(more))
             while pending[0].seq < wanted:
-                pending.popleft()
+                passed = pending.popleft()
+                if similar is not None:
+                    await similar.observe(passed)
             row = pending[0]
             data_to_ms, model_features = model_info(model.name, model.version)
+            outcomes = None if similar is None else await similar.outcomes(row)
             inputs.append(
                 DecisionInput(
                     symbol=row.symbol,
@@ -126,6 +142,7 @@ async def joined_inputs(
                     session_mask=row.session_mask,
                     feature_names=model_features,
                     feature_values=tuple(row.values[name] for name in model_features),
+                    similar=outcomes,
                 )
             )
         yield inputs
