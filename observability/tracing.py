@@ -351,8 +351,9 @@ def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
         return []
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    interceptors = aio_client_interceptors(filter_=_traced_rpc)  # type: ignore[no-untyped-call]
-    return [i for i in interceptors if isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)]
+    interceptors: list[Any] = aio_client_interceptors(filter_=_traced_rpc)  # type: ignore[no-untyped-call]
+    # The stubs' ClientInterceptor is a placeholder type: the check is made at run time.
+    return [i for i in interceptors if isinstance(i, grpc.aio.UnaryUnaryClientInterceptor)]  # type: ignore[misc]
 
 
 def _traced_rpc(details: Any) -> bool:

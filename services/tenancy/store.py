@@ -23,7 +23,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from enum import IntEnum
 
@@ -233,7 +233,7 @@ class TenantStore:
             tx.execute(
                 "UPDATE api_keys SET last_used_time_ms = ? WHERE key_id = ?", now, key.key_id
             )
-        return tenant, ApiKey(**{**_fields(key), "last_used_time_ms": now})
+        return tenant, replace(key, last_used_time_ms=now)
 
     # --- accounts ------------------------------------------------------------------
 
@@ -309,7 +309,3 @@ def _account(row: tuple[object, ...]) -> Account:
     return Account(
         str(account_id), str(tenant_id), str(currency), Decimal(str(balance)), int(str(created))
     )
-
-
-def _fields(key: ApiKey) -> dict[str, object]:
-    return {name: getattr(key, name) for name in ApiKey.__slots__}
