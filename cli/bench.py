@@ -25,6 +25,7 @@ def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
         mesh,
         order_path,
         signal_path,
+        timeseries,
         tracing,
     )
 
@@ -36,6 +37,7 @@ def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
         "order_path": order_path.run,
         "mesh": mesh.run,
         "tracing": tracing.run,
+        "timeseries": timeseries.run,
     }
 
 

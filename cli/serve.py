@@ -20,6 +20,7 @@ from quantmesh.observability.tracing import (
 from quantmesh.runtime.config import format_config_error
 from quantmesh.runtime.logging import configure_logging
 from quantmesh.runtime.server import ServiceRuntime, StartupError
+from quantmesh.storage.urls import StoreUnavailableError
 
 app = typer.Typer(no_args_is_help=True, help="Run one quantmesh service.")
 _err = Console(stderr=True)
@@ -42,6 +43,9 @@ def _serve(
     configure_logging(settings.log_level, settings.log_format)
     try:
         runtime = build(settings)
+    except StoreUnavailableError as error:  # names the store's setting
+        _err.print(f"[red]cannot start: {error}[/red]")
+        raise typer.Exit(2) from None
     except (ValueError, OSError) as error:
         _err.print(f"[red]invalid configuration: {error}[/red]")
         raise typer.Exit(2) from None
@@ -248,5 +252,33 @@ def risk(
         port=port,
         decision_address=decision_address,
         execution_address=execution_address,
+        log_format=log_format,
+    )
+
+
+@app.command("recorder")
+def recorder(
+    host: HostOption = None,
+    port: PortOption = None,
+    marketdata_address: Annotated[
+        str | None, typer.Option(help="host:port of the market data service (ticks).")
+    ] = None,
+    timeseries_url: Annotated[
+        str | None, typer.Option(help="Timeseries store: chdb:///path or clickhouse://….")
+    ] = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Record market data's ticks into the timeseries store (health on port 8009)."""
+    from quantmesh.services.recorder.config import ENV_PREFIX, RecorderSettings
+    from quantmesh.services.recorder.service import build_runtime
+
+    _serve(
+        RecorderSettings,
+        ENV_PREFIX,
+        build_runtime,
+        host=host,
+        port=port,
+        marketdata_address=marketdata_address,
+        timeseries_url=timeseries_url,
         log_format=log_format,
     )

@@ -122,6 +122,7 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
             batch_size=self._settings.tick_batch_size,
             window=self._settings.tick_window,
             speed=self._settings.tick_speed,
+            trace_batches=spans is not None,  # its rows' spans link to the batches
         )
         async for batch in subscriber.batches():
             if spans is not None:

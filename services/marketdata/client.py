@@ -40,6 +40,7 @@ class TickSubscriber(StreamSubscriber[marketdata_pb2.TickBatch]):
         window: int = 32,
         speed: float = 0.0,
         max_resumes: int = 10,
+        trace_batches: bool = False,
     ) -> None:
         stub = marketdata_pb2_grpc.MarketDataServiceStub(channel)
 
@@ -50,6 +51,7 @@ class TickSubscriber(StreamSubscriber[marketdata_pb2.TickBatch]):
                 batch_size=batch_size,
                 speed=speed,
                 initial_credit=initial_credit,
+                trace_batches=trace_batches,
             )
 
         spec: StreamSpec[marketdata_pb2.TickBatch] = StreamSpec(

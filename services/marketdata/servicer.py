@@ -100,13 +100,14 @@ class MarketDataServicer(marketdata_pb2_grpc.MarketDataServiceServicer):
             encoder = convert.TickBatchEncoder(plan.symbols, plan.total)
             encode: Callable[[TickColumns], marketdata_pb2.SubscribeResponse] = encoder
             observe = self._on_batch
-            if observe is not None or tracing.enabled():
+            traced = subscription.trace_batches and tracing.enabled()
+            if observe is not None or traced:
 
                 def encode(columns: TickColumns) -> marketdata_pb2.SubscribeResponse:
                     if observe is not None:
                         observe(columns)
                     message = encoder(columns)
-                    if tracing.enabled():
+                    if traced:
                         spans.record_batch(message.batch, peer)
                     return message
 

@@ -186,7 +186,8 @@ def tamper(path: Path, index: int) -> None:
     try:
         db.execute("DROP TRIGGER audit_records_no_update")
         db.execute(
-            "UPDATE audit_records SET payload_json = replace(payload_json, 'BUY', 'BUZ') WHERE idx = ?",
+            "UPDATE audit_records SET payload_json = replace(payload_json, 'BUY', 'BUZ') "
+            "WHERE idx = ?",
             (index,),
         )
     finally:

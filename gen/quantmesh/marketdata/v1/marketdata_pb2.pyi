@@ -286,6 +286,7 @@ class Subscription(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     SPEED_FIELD_NUMBER: _builtins.int
     INITIAL_CREDIT_FIELD_NUMBER: _builtins.int
+    TRACE_BATCHES_FIELD_NUMBER: _builtins.int
     from_seq: _builtins.int
     """First seq to send. 0 starts at the beginning; after a reconnect send the last
     acked seq + 1. OUT_OF_RANGE if beyond the last tick of the source.
@@ -298,6 +299,12 @@ class Subscription(_message.Message):
     """
     initial_credit: _builtins.int
     """Initial credit, in batches, granted together with the subscription; 0 grants none."""
+    trace_batches: _builtins.bool
+    """Record a span per batch and send its context in `TickBatch.trace`: set by the
+    consumer whose own spans link to the batches (features, when it starts decision
+    traces), so that streams nobody links to cost no tracing. Has no effect when the
+    market data service does not trace.
+    """
     @_builtins.property
     def symbols(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Symbols to stream, merged in time order; empty means every served symbol.
@@ -313,10 +320,11 @@ class Subscription(_message.Message):
         batch_size: _builtins.int = ...,
         speed: _builtins.float = ...,
         initial_credit: _builtins.int = ...,
+        trace_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "from_seq", b"from_seq", "initial_credit", b"initial_credit", "speed", b"speed", "symbols", b"symbols"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "from_seq", b"from_seq", "initial_credit", b"initial_credit", "speed", b"speed", "symbols", b"symbols", "trace_batches", b"trace_batches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
