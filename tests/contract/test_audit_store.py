@@ -8,31 +8,14 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from quantmesh.observability.audit.chain import RecordKind
 from quantmesh.observability.audit.store import AuditStore, NewRecord
-from quantmesh.storage.local_servers import LocalPostgres
-from quantmesh.storage.relational import Database, IntegrityError, open_database
+from quantmesh.storage.relational import Database, IntegrityError
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres: LocalPostgres
-) -> Iterator[Database]:
-    url = (
-        f"sqlite:///{tmp_path / 'audit.sqlite3'}"
-        if request.param == "sqlite"
-        else postgres.create_database("audit")
-    )
-    db = open_database(url)
-    yield db
-    db.close()
 
 
 def record(decision: str, n: int = 0) -> NewRecord:

@@ -24,16 +24,12 @@ from quantmesh.services.execution.orders import (
     new_order,
 )
 from quantmesh.services.execution.store import AccountRecord, ExecutionStore, report_of
-from quantmesh.storage.local_servers import LocalPostgres
 from quantmesh.storage.relational import IntegrityError
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres: LocalPostgres
-) -> Iterator[ExecutionStore]:
-    database = None if request.param == "sqlite" else postgres.create_database("execution")
-    opened = ExecutionStore(tmp_path / "execution.sqlite3", database=database)
+@pytest.fixture
+def store(database_url: str, tmp_path: Path) -> Iterator[ExecutionStore]:
+    opened = ExecutionStore(tmp_path / "unused.sqlite3", database=database_url)
     yield opened
     opened.close()
 

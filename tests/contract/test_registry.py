@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from quantmesh.runtime.errors import NotFound
 from quantmesh.services.registry.core import MIGRATIONS, ModelRegistry
-from quantmesh.storage.local_servers import LocalPostgres
 from quantmesh.storage.relational.migrations import applied_versions
 
 FEATURES = ["ret_1", "atr_14_rel"]
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres: LocalPostgres
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'registry-meta.sqlite3'}"
-    else:
-        yield postgres.create_database("registry")
 
 
 def register(registry: ModelRegistry, name: str, payload: bytes) -> int:

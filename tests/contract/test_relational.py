@@ -8,8 +8,6 @@ test. Nothing is mocked.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,20 +21,6 @@ from quantmesh.storage.relational.migrations import (
     migrate,
 )
 from quantmesh.storage.urls import StoreConfigError, StoreUnavailableError
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres: LocalPostgres
-) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'quantmesh.sqlite3'}"
-    else:
-        url = postgres.create_database()
-    db = open_database(url)
-    yield db
-    db.close()
-
 
 TABLES = [
     Migration(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -10,8 +9,7 @@ import pytest
 
 from quantmesh.runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from quantmesh.services.tenancy.store import TenantStore, Tier
-from quantmesh.storage.local_servers import LocalPostgres
-from quantmesh.storage.relational import open_database
+from quantmesh.storage.relational import Database
 
 
 class Clock:
@@ -27,18 +25,9 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres: LocalPostgres, clock: Clock
-) -> Iterator[TenantStore]:
-    url = (
-        f"sqlite:///{tmp_path / 'tenancy.sqlite3'}"
-        if request.param == "sqlite"
-        else postgres.create_database("tenancy")
-    )
-    db = open_database(url)
-    yield TenantStore(db, clock)
-    db.close()
+@pytest.fixture
+def store(database: Database, clock: Clock) -> TenantStore:
+    return TenantStore(database, clock)
 
 
 def test_tenants_have_unique_names_tiers_and_pages(store: TenantStore) -> None:
