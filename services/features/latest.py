@@ -64,6 +64,10 @@ class LatestFeaturesPublisher:
         self._retry_s = retry_s
         self._pending: dict[str, LatestFeatures] = {}
         self._wake = asyncio.Event()
+        # The write in a worker thread, if one runs: a cancelled flush leaves it running,
+        # and shutdown waits for it before the last write and closing the store.
+        self._writing: asyncio.Future[None] | None = None
+        self._writing_batch: dict[str, LatestFeatures] = {}
 
     @property
     def pending(self) -> dict[str, LatestFeatures]:
@@ -91,11 +95,16 @@ class LatestFeaturesPublisher:
 
     async def flush(self) -> bool:
         """Write what is pending; False (keeping it) when the store is unreachable."""
+        await self._written()
         if not self._pending:
             return True
         batch, self._pending = self._pending, {}
+        self._writing_batch = batch
+        self._writing = asyncio.ensure_future(
+            asyncio.to_thread(self.cache.put_latest_features, batch)
+        )
         try:
-            await asyncio.to_thread(self.cache.put_latest_features, batch)
+            await asyncio.shield(self._writing)
         except StoreUnavailableError as error:
             self._merge(batch)  # newer offers made meanwhile stay ahead of these
             _log.warning(
@@ -106,7 +115,20 @@ class LatestFeaturesPublisher:
             return False
         return True
 
+    async def _written(self) -> None:
+        """Wait for the write in flight, if any; a failed one's vectors are pending again
+        (its own flush may have been cancelled, e.g. at shutdown, and cannot keep them)."""
+        if self._writing is None:
+            return
+        try:
+            await self._writing
+        except StoreUnavailableError:
+            self._merge(self._writing_batch)  # merging twice is harmless: newest wins
+        finally:
+            self._writing = None
+
     async def _final_flush(self) -> None:
+        await self._written()
         if not await self.flush():
             _log.error("latest features not written at shutdown", symbols=sorted(self._pending))
         self.cache.close()
