@@ -25,6 +25,7 @@ def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
         mesh,
         order_path,
         signal_path,
+        storage,
         timeseries,
         tracing,
     )
@@ -38,6 +39,7 @@ def _suites() -> dict[str, Callable[[], dict[str, Any]]]:
         "mesh": mesh.run,
         "tracing": tracing.run,
         "timeseries": timeseries.run,
+        "storage": storage.run,
     }
 
 
