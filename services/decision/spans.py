@@ -78,5 +78,8 @@ class SignalSpans:
 
 
 def _bound(pending: dict[Any, common_pb2.TraceContext]) -> None:
-    for key in list(pending)[: max(0, len(pending) - _MAX_PENDING)]:
-        del pending[key]
+    # Called per batch on the signal path: copy the keys only when over the bound.
+    excess = len(pending) - _MAX_PENDING
+    if excess > 0:
+        for key in list(pending)[:excess]:
+            del pending[key]

@@ -121,25 +121,31 @@ def migrate(
     """
     target = len(migrations) if to_version is None else to_version
     known = {m.version: m for m in migrations}
-    done = applied_versions(db, component)
-    if done and done[-1] > len(migrations):
+    applied_versions(db, component)  # creates the ledger if this database has none
+    # One read of the ledger: what is applied, and with which digests.
+    stored = {
+        int(version): str(digest)
+        for version, digest in db.fetch(
+            "SELECT version, digest FROM schema_migrations WHERE component = ?", component
+        )
+    }
+    newest = max(stored, default=0)
+    if newest > len(migrations):
         raise MigrationError(
-            f"the {component} schema in {db.url} is at version {done[-1]}, but this quantmesh "
+            f"the {component} schema in {db.url} is at version {newest}, but this quantmesh "
             f"knows versions up to {len(migrations)}: it was written by a newer release"
         )
-    for version, migration in known.items():
-        stored = db.fetch(
-            "SELECT digest FROM schema_migrations WHERE component = ? AND version = ?",
-            component,
-            version,
-        )
-        if stored and stored[0][0] != migration.digest(db.dialect):
+    for version, digest in stored.items():
+        migration = known[version]
+        if digest != migration.digest(db.dialect):
             raise MigrationError(
                 f"{component} migration {version:04d}_{migration.name} differs from the one "
                 f"applied to {db.url}: a released migration must never change; add a new one"
             )
     applied = []
     for version in range(1, target + 1):
+        if version in stored:
+            continue  # no transaction for what the ledger already has
         migration = known[version]
         with db.transaction(lock=f"migrate:{component}") as tx:
             if tx.fetchone(
