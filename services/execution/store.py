@@ -316,12 +316,12 @@ class ExecutionStore:
             # fsynced commits: an order is on disk before it is sent
             self._db = SqliteDatabase(self.path)
         migrate(self._db, "execution", MIGRATIONS)
-        with self.transaction() as tx:
+        with self._db.transaction(lock="execution") as tx:
             if self._db.dialect == "sqlite":
-                _add_missing_columns(tx._db, "execution_orders", _ADDED_ORDER_COLUMNS)
+                _add_missing_columns(tx, "execution_orders", _ADDED_ORDER_COLUMNS)
             # The table in code is the truth; the copy the trigger reads follows it.
-            tx._db.execute("DELETE FROM execution_order_transitions")
-            tx._db.executemany(
+            tx.execute("DELETE FROM execution_order_transitions")
+            tx.executemany(
                 "INSERT INTO execution_order_transitions (from_state, to_state) VALUES (?, ?) "
                 "ON CONFLICT DO NOTHING",
                 [(int(a), int(b)) for (a, _), b in ORDER_STATE_TABLE.items()],

@@ -172,12 +172,9 @@ def sqlite_statements(script: str) -> list[str]:
 def _sqlite_errors() -> Iterator[None]:
     try:
         yield
-    except sqlite3.IntegrityError as error:
+    except sqlite3.IntegrityError as error:  # constraints, and triggers' RAISE(ABORT, …)
         raise IntegrityError(str(error)) from error
     except sqlite3.Error as error:
-        # A trigger's RAISE(ABORT, …) is an IntegrityError in SQLite ≥ 3.x, else this.
-        if "constraint" in str(error).lower() or "append-only" in str(error):
-            raise IntegrityError(str(error)) from error
         raise DatabaseError(str(error)) from error
 
 
@@ -339,25 +336,39 @@ class PostgresDatabase:
 
     @contextmanager
     def transaction(self, lock: str | None = None, durable: bool = True) -> Iterator[Transaction]:
-        connection = self._run(self._pool.acquire())
+        # One hop to the adapter's loop to begin (acquire, BEGIN, settings, lock) and one
+        # to end (COMMIT or ROLLBACK, release): each hop costs a thread switch.
+        connection, transaction = self._run(self._begin(lock, durable))
         try:
-            transaction = connection.transaction()
-            self._run(transaction.start())
-            try:
-                if not durable:
-                    self._run(connection.execute("SET LOCAL synchronous_commit TO OFF"))
-                if lock is not None:
-                    # Held until commit or rollback, across every process on the server.
-                    self._run(
-                        connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock)
-                    )
-                yield _PostgresTransaction(self, connection)
-            except BaseException:
-                self._run(transaction.rollback())
-                raise
-            self._run(transaction.commit())
+            yield _PostgresTransaction(self, connection)
+        except BaseException:
+            self._run(self._end(connection, transaction, commit=False))
+            raise
+        self._run(self._end(connection, transaction, commit=True))
+
+    async def _begin(self, lock: str | None, durable: bool) -> tuple[Any, Any]:
+        connection = await self._pool.acquire()
+        transaction = connection.transaction()
+        try:
+            await transaction.start()
+            if not durable:
+                await connection.execute("SET LOCAL synchronous_commit TO OFF")
+            if lock is not None:
+                # Held until commit or rollback, across every process on the server.
+                await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock)
+        except BaseException:
+            await self._end(connection, transaction, commit=False)
+            raise
+        return connection, transaction
+
+    async def _end(self, connection: Any, transaction: Any, *, commit: bool) -> None:
+        try:
+            if commit:
+                await transaction.commit()
+            elif not connection.is_closed() and connection.is_in_transaction():
+                await transaction.rollback()
         finally:
-            self._run(self._pool.release(connection))
+            await self._pool.release(connection)
 
     def fetch(self, sql: str, *params: Any) -> list[Row]:
         records = self._run(self._pool.fetch(numbered(sql), *params))
@@ -365,16 +376,21 @@ class PostgresDatabase:
 
     @contextmanager
     def read(self) -> Iterator[Transaction]:
-        connection = self._run(self._pool.acquire())
+        connection, transaction = self._run(self._begin_read())
         try:
-            transaction = connection.transaction(isolation="repeatable_read", readonly=True)
-            self._run(transaction.start())
-            try:
-                yield _PostgresTransaction(self, connection)
-            finally:
-                self._run(transaction.rollback())  # nothing to keep: it only read
+            yield _PostgresTransaction(self, connection)
         finally:
-            self._run(self._pool.release(connection))
+            self._run(self._end(connection, transaction, commit=False))  # it only read
+
+    async def _begin_read(self) -> tuple[Any, Any]:
+        connection = await self._pool.acquire()
+        transaction = connection.transaction(isolation="repeatable_read", readonly=True)
+        try:
+            await transaction.start()
+        except BaseException:
+            await self._pool.release(connection)
+            raise
+        return connection, transaction
 
     def execute_script(self, sql: str) -> None:
         with self.transaction() as tx:
