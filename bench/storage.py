@@ -10,7 +10,11 @@ commit figures leave out the disk):
 - **order + report**: the order-path write of execution, one order and its report in one
   transaction, p50/p99;
 - **order read by key**: the idempotency lookup, p50/p99;
-- **prediction cache**: a 1,000-row lookup and a batch-1 lookup, p50/p99.
+- **prediction cache**: a 1,000-row lookup and a batch-1 lookup, p50/p99;
+- **market states** (numpy, embedded): k=12 nearest of 50,000 states of 32 dimensions,
+  filtered to outcomes known at query time, p50/p99;
+- **provenance** (networkx, journalled to a file): one decision's graph recorded, and
+  read back by its id, p50/p99.
 """
 
 from __future__ import annotations
@@ -37,13 +41,20 @@ from quantmesh.services.execution.orders import (
 )
 from quantmesh.services.execution.store import ExecutionStore, report_of
 from quantmesh.storage.cache import open_cache
+from quantmesh.storage.graph import decision_provenance, open_graph
 from quantmesh.storage.local_servers import LocalPostgres, LocalRedis
+from quantmesh.storage.vectors import open_vectors
+from quantmesh.storage.vectors.port import MarketState
 
 SINGLE_RECORDS = 300
 BATCHES = 30
 BATCH = 100
 ORDERS = 300
 LOOKUPS = 300
+STATES = 50_000
+DIMENSIONS = 32
+NEAREST = 12
+HOUR_MS = 3_600_000
 
 
 def _record(n: int) -> NewRecord:
@@ -122,6 +133,49 @@ def _cache(url: str) -> dict[str, Any]:
     return {"lookup_1000_rows": percentiles_us(batch), "lookup_1_row": percentiles_us(single)}
 
 
+def _vectors() -> dict[str, Any]:
+    store = open_vectors("memory://")
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(STATES, DIMENSIONS))
+    start = 1_500_000_000_000
+    states = [
+        MarketState.of("EURUSD", start + n * HOUR_MS, vectors[n], float(rng.normal()), HOUR_MS)
+        for n in range(STATES)
+    ]
+    started = time.perf_counter()
+    store.upsert(states)
+    upserted = STATES / (time.perf_counter() - started)
+    queries = rng.normal(size=(LOOKUPS, DIMENSIONS))
+    now = start + STATES * HOUR_MS
+    searched = _timed(
+        lambda n: store.nearest(queries[n], NEAREST, symbol="EURUSD", before_ms=now), LOOKUPS
+    )
+    store.close()
+    return {"upsert_per_s": round(upserted), "nearest_k12_of_50k": percentiles_us(searched)}
+
+
+def _provenance(path: Path) -> dict[str, Any]:
+    graph = open_graph(f"file:///{path.as_posix()}")  # an absolute path: file:////tmp/…
+
+    def record(n: int) -> None:
+        graph.record_provenance(
+            decision_provenance(
+                f"risk-{n}",
+                signal_id=f"sig-{n}",
+                prediction_id=f"eurusd-h1-direction@3:EURUSD@{n}",
+                model_name="eurusd-h1-direction",
+                model_version="3",
+                feature_row=f"EURUSD@{n}",
+                orders={f"O{n}": [f"F{n}"]},
+            )
+        )
+
+    recorded = _timed(record, ORDERS)
+    read = _timed(lambda n: graph.provenance(f"risk-{n}"), ORDERS)
+    graph.close()
+    return {"record_decision": percentiles_us(recorded), "read_decision": percentiles_us(read)}
+
+
 def run() -> dict[str, Any]:
     """SQLite vs PostgreSQL (audit, orders), in-process vs Redis (prediction cache)."""
     with (
@@ -141,6 +195,8 @@ def run() -> dict[str, Any]:
             },
         }
         cache = {"in-process": _cache("memory://"), "redis": _cache(redis.url)}
+        vectors = _vectors()
+        provenance = _provenance(root / "graph.jsonl")
     rows = [
         {"store": engine, "what": what, **figures}
         for engine, parts in relational.items()
@@ -151,10 +207,15 @@ def run() -> dict[str, Any]:
         for engine, parts in cache.items()
         for what, figures in parts.items()
     ]
+    rows.append(
+        {"store": "numpy", "what": "nearest_k12_of_50k", **vectors.pop("nearest_k12_of_50k")}
+    )
+    rows += [{"store": "networkx", "what": what, **figures} for what, figures in provenance.items()]
     return {
         "name": "storage",
         "rows": rows,
         "audit_append": {engine: parts["audit"] for engine, parts in relational.items()},
+        "vectors_upsert_per_s": vectors["upsert_per_s"],
         "note": "PostgreSQL runs with fsync off (as in the tests): commit figures leave out "
         "the disk; SQLite fsyncs every commit",
     }
