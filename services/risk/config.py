@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +12,11 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from quantmesh.observability.audit.decisions import AuditSetting, audit_setting
 from quantmesh.runtime.config import ServiceSettings, quantmesh_home
 from quantmesh.services.marketdata.sources import EURGBP, EURUSD, GBPUSD, USDJPY, Symbol
+from quantmesh.storage.graph import DEFAULT_URL as DEFAULT_GRAPH_URL
 
 ENV_PREFIX = "QUANTMESH_RISK_"
+GRAPH_URL_SETTING = f"{ENV_PREFIX}GRAPH_URL"
+SHARED_GRAPH_URL = "QUANTMESH_GRAPH_URL"  # the graph every service shares, unless overridden
 
 # What risk knows about the symbols it sizes: the same table the paper broker trades, so
 # a volume risk approves is on execution's volume step.
@@ -21,6 +25,10 @@ KNOWN_SYMBOLS: dict[str, Symbol] = {s.name: s for s in (EURUSD, GBPUSD, USDJPY, 
 
 def _default_folder() -> Path:
     return quantmesh_home() / "risk"
+
+
+def _default_graph_url() -> str:
+    return os.environ.get(SHARED_GRAPH_URL) or DEFAULT_GRAPH_URL
 
 
 class RiskSettings(ServiceSettings):
@@ -50,6 +58,17 @@ class RiskSettings(ServiceSettings):
         Where the driver appends its decisions to the audit log (the signal, the risk
         decision with every verdict, each order); empty turns the log off. Default
         ``$QUANTMESH_HOME/audit/audit.sqlite3``, shared with the other services.
+    graph_url:
+        The graph store (:mod:`quantmesh.storage.graph`): risk reads the currency graph's
+        edges from it for exposure, adds the edges of its own symbols (keeping any
+        correlation already stored) and records every evaluated decision's provenance.
+        Default ``QUANTMESH_GRAPH_URL`` when set, else ``memory://`` (in the process,
+        nothing shared or kept). Opened at start: a malformed or unreachable URL stops
+        the service with a message naming ``QUANTMESH_RISK_GRAPH_URL``.
+    graph_refresh_seconds:
+        How often the currency graph's edges are read again (in the background; a
+        signal never waits for the graph store), so correlations another service
+        writes reach risk's exposure.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
@@ -64,6 +83,8 @@ class RiskSettings(ServiceSettings):
     deviation_points: int = Field(default=10, ge=0, le=100_000)
     drive: bool = True
     audit: AuditSetting = audit_setting()
+    graph_url: str = Field(default_factory=_default_graph_url)
+    graph_refresh_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)
 
     @field_validator("symbols", mode="before")
     @classmethod

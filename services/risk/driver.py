@@ -12,7 +12,11 @@ at market time T:
    here and never becomes an order;
 4. submits the approved order with the decision and all its verdicts attached: the
    signal id is the idempotency key (``signal_id:position_id`` for each position a
-   CLOSE closes).
+   CLOSE closes);
+5. offers the decision's provenance (signal, prediction, model version, feature row,
+   orders) to the graph store's background writer (:mod:`.graph`), approved or
+   rejected: only once the orders are submitted, and a graph store that is down never
+   holds up trading.
 
 After a batch it grants execution the time of the batch's last signal and only then
 moves its durable cursor past the batch. **Exactly once**: the cursor moves only after
@@ -64,6 +68,8 @@ from quantmesh.services.risk import convert, spans
 from quantmesh.services.risk.convert import QuoteBook
 from quantmesh.services.risk.core import AccountState, RiskDecision, SignalView
 from quantmesh.services.risk.exposure import account_exposure, exposure_log_fields
+from quantmesh.services.risk.graph import RiskGraph
+from quantmesh.services.risk.provenance import OrderAnswer
 from quantmesh.services.risk.servicer import EXECUTION_TIMEOUT_SECONDS, read_account
 from quantmesh.services.risk.sizing import Quotes, SymbolSpec, fmt
 from quantmesh.services.risk.store import DurableRiskEngine, RiskStore, cursor_name
@@ -217,6 +223,11 @@ class RiskDriver:
         reconnects (and re-handles the batch from its cursor).
     retry_base_seconds, retry_max_seconds:
         Exponential backoff between retries.
+    audit:
+        Where each decision's records are appended (None: no audit log).
+    graph:
+        The graph store's edges for exposure, and where each evaluated decision's
+        provenance is offered (None: neither; exposure from the symbol specs).
     """
 
     def __init__(
@@ -235,9 +246,11 @@ class RiskDriver:
         retry_base_seconds: float = 0.05,
         retry_max_seconds: float = 2.0,
         audit: DecisionLog | None = None,
+        graph: RiskGraph | None = None,
     ) -> None:
         self._risk, self._store, self._quotes = risk, store, quotes
         self._audit = audit
+        self._graph = graph
         self._symbols = dict(symbols)
         self.account_id = account_id
         self.subscribe = sorted(subscribe)
@@ -394,10 +407,13 @@ class RiskDriver:
         market_read = time.perf_counter()
         state = convert.account_state_from_proto(account, positions)
         quotes = self._quotes.quotes(positions)
+        edges = self._graph.edges if self._graph is not None else None
         spans.record_exposure(
             span,
             lambda: exposure_log_fields(
-                account_exposure(positions, self._symbols, quotes, state.currency)
+                account_exposure(
+                    positions, self._symbols, quotes, state.currency, graph_symbols=edges
+                )
             ),
         )
         try:
@@ -426,13 +442,17 @@ class RiskDriver:
             for rule in failed:
                 RISK_REJECTIONS.labels(rule).inc()
             _log.info("signal rejected", signal_id=signal.signal_id, reason=decision.reason)
+            self._record_provenance(signal, message)
             return
         self.stats.approved += 1
         RISK_DECISIONS.labels("approved").inc()
         evaluated = time.perf_counter()
+        answers = []
         for order in self._orders(signal, decision, message, positions, trace):
-            outcome = await self._submit(order, execution)
-            await self._record(RecordKind.ORDER, signal, outcome[0], outcome=outcome[1])
+            answered, outcome = await self._submit(order, execution)
+            await self._record(RecordKind.ORDER, signal, answered, outcome=outcome)
+            answers.append(OrderAnswer(answered, outcome))
+        self._record_provenance(signal, message, answers)
         _log.debug(
             "signal traded",
             signal_id=signal.signal_id,
@@ -503,6 +523,17 @@ class RiskDriver:
                 traceparent=signal.trace.traceparent,
                 extra=extra or None,
             )
+
+    def _record_provenance(
+        self,
+        signal: decision_pb2.Signal,
+        message: risk_pb2.RiskDecision,
+        orders: Sequence[OrderAnswer] = (),
+    ) -> None:
+        """Offer the decision's provenance to the graph's writer: its id is the signal id,
+        as in the audit log, so a batch handled again records the same decision again."""
+        if self._graph is not None:
+            self._graph.offer(signal.signal_id, signal, message, orders)
 
     async def _submit(
         self, order: execution_pb2.Order, execution: execution_pb2_grpc.ExecutionServiceAsyncStub

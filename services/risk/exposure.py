@@ -8,7 +8,9 @@ its open price, converted into the account currency at the quotes risk holds), a
 ``exposure_EUR=110000 exposure_USD=-185000 …`` (account currency, net).
 
 The symbols' currencies come from the specs risk sizes with, or from the currency graph's
-edges when given (:meth:`~quantmesh.storage.graph.port.GraphPort.symbols`).
+edges when given (:meth:`~quantmesh.storage.graph.port.GraphPort.symbols`);
+:func:`merge_symbol_edges` reconciles the two without losing what another writer (the
+recorder's correlations) stored on an edge.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from quantmesh.services.risk.sizing import Quotes, SymbolSpec, points_to_price, 
 from quantmesh.storage.graph.exposure import ExposureReport, OpenPosition, Side, aggregate_exposure
 from quantmesh.storage.graph.port import SymbolEdge
 
-__all__ = ["account_exposure", "exposure_log_fields", "open_positions", "symbol_edges"]
+__all__ = [
+    "account_exposure",
+    "exposure_log_fields",
+    "merge_symbol_edges",
+    "open_positions",
+    "symbol_edges",
+]
 
 
 def symbol_edges(symbols: Mapping[str, SymbolSpec]) -> tuple[SymbolEdge, ...]:
@@ -31,6 +39,39 @@ def symbol_edges(symbols: Mapping[str, SymbolSpec]) -> tuple[SymbolEdge, ...]:
     return tuple(
         SymbolEdge(spec.name, spec.currency_base, spec.currency_profit)
         for _, spec in sorted(symbols.items())
+    )
+
+
+def merge_symbol_edges(
+    ours: Iterable[SymbolEdge], stored: Iterable[SymbolEdge]
+) -> tuple[tuple[SymbolEdge, ...], tuple[SymbolEdge, ...]]:
+    """Risk's edges (``ours``, from its specs) merged into the graph's (``stored``).
+
+    Returns the edges exposure uses (every stored symbol, and risk's), sorted by symbol,
+    and those of risk's edges to write: a symbol the graph lacks, or whose currencies
+    differ from risk's specs (risk sizes with its specs, so the graph must agree). An
+    edge written or kept keeps the stored correlations and their time: upserting replaces
+    an edge whole, and risk computes no correlations.
+    """
+    merged = {edge.symbol: edge for edge in stored}
+    writes = []
+    for edge in ours:
+        current = merged.get(edge.symbol)
+        if current is not None and (current.base, current.quote) == (edge.base, edge.quote):
+            continue
+        if current is not None:
+            edge = SymbolEdge(
+                edge.symbol,
+                edge.base,
+                edge.quote,
+                correlation=current.correlation,
+                updated_ms=current.updated_ms,
+            )
+        merged[edge.symbol] = edge
+        writes.append(edge)
+    return (
+        tuple(merged[name] for name in sorted(merged)),
+        tuple(sorted(writes, key=lambda edge: edge.symbol)),
     )
 
 

@@ -1,4 +1,4 @@
-"""Assemble the risk service: durable store, engine, gRPC adapter and the driver."""
+"""Assemble the risk service: durable store, engine, graph store, gRPC adapter and the driver."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from quantmesh.mesh.transport import open_channel
 from quantmesh.observability.audit.decisions import DecisionLog
 from quantmesh.risk.v1 import risk_pb2_grpc
 from quantmesh.runtime.server import ServiceRuntime
-from quantmesh.services.risk.config import KNOWN_SYMBOLS, RiskSettings
+from quantmesh.services.risk.config import GRAPH_URL_SETTING, KNOWN_SYMBOLS, RiskSettings
 from quantmesh.services.risk.convert import QuoteBook
 from quantmesh.services.risk.driver import RiskDriver
+from quantmesh.services.risk.graph import RiskGraph
 from quantmesh.services.risk.servicer import SERVICE_NAME, RiskServicer
 from quantmesh.services.risk.store import DurableRiskEngine, RiskStore
 
@@ -30,6 +31,7 @@ class RiskService:
     runtime: ServiceRuntime
     risk: DurableRiskEngine
     driver: RiskDriver
+    graph: RiskGraph
 
 
 def build_runtime(settings: RiskSettings) -> ServiceRuntime:
@@ -39,7 +41,18 @@ def build_runtime(settings: RiskSettings) -> ServiceRuntime:
 
 def build(settings: RiskSettings) -> RiskService:
     """Assemble the service. The store is read before anything serves: an engaged kill
-    switch is engaged from the first request on."""
+    switch is engaged from the first request on.
+
+    The graph store opens first, so a malformed or unreachable ``graph_url`` fails here
+    (StoreConfigError, StoreUnavailableError naming ``QUANTMESH_RISK_GRAPH_URL``) before
+    anything else is opened. The runtime's graph job closes it at shutdown.
+    """
+    graph = RiskGraph.open(
+        settings.graph_url,
+        GRAPH_URL_SETTING,
+        KNOWN_SYMBOLS,
+        refresh_s=settings.graph_refresh_seconds,
+    )
     settings.folder.mkdir(parents=True, exist_ok=True)
     store = RiskStore(settings.folder / "risk.sqlite3")
     risk = DurableRiskEngine(store)
@@ -55,6 +68,7 @@ def build(settings: RiskSettings) -> RiskService:
         quotes,
         KNOWN_SYMBOLS,
         audit=audit,
+        graph=graph,
         account_id=settings.account_id,
         subscribe=settings.symbols,
         deviation_points=settings.deviation_points,
@@ -75,6 +89,7 @@ def build(settings: RiskSettings) -> RiskService:
                 quotes,
                 KNOWN_SYMBOLS,
                 known_accounts={settings.account_id},
+                graph=graph,
             ),
             server,
         )
@@ -90,8 +105,13 @@ def build(settings: RiskSettings) -> RiskService:
             if audit is not None:
                 await audit.close()  # commits what the driver queued
 
-    background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [close_channels]
+    # The graph's job records the provenance of the driver's decisions and the dry runs';
+    # cancelled at shutdown, it records what is still pending, then closes the store.
+    background: list[Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = [
+        close_channels,
+        graph.run,
+    ]
     if settings.drive:
         background.append(driver.run)
     runtime = ServiceRuntime("risk", settings, [SERVICE_NAME], register, background=background)
-    return RiskService(runtime, risk, driver)
+    return RiskService(runtime, risk, driver, graph)

@@ -3,9 +3,12 @@
 ``EvaluateSignal`` is a dry run: it reads the account from execution, evaluates the
 signal on a scratch copy of the engine and answers the decision, and nothing changes:
 no order, no drift observation, no kill switch. Only the driver
-(:mod:`quantmesh.services.risk.driver`) trades. The engine is synchronous and
-serialised by its own lock (a change is an fsynced SQLite write), so calls into it run
-in a worker thread and never block the event loop.
+(:mod:`quantmesh.services.risk.driver`) trades. The dry run's provenance, with no order,
+is offered to the graph store as decision ``dry-run:<account>:<signal id>`` (attribute
+``dry_run``), never replacing the driver's record of the same signal.
+
+The engine is synchronous and serialised by its own lock (a change is an fsynced SQLite
+write), so calls into it run in a worker thread and never block the event loop.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from quantmesh.runtime.errors import (
 from quantmesh.runtime.logging import get_logger
 from quantmesh.services.risk import convert
 from quantmesh.services.risk.convert import QuoteBook
+from quantmesh.services.risk.graph import RiskGraph
+from quantmesh.services.risk.provenance import dry_run_decision_id
 from quantmesh.services.risk.sizing import SymbolSpec
 from quantmesh.services.risk.store import DurableRiskEngine
 
@@ -113,6 +118,8 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
         The symbols risk can size.
     known_accounts:
         Accounts taken to exist without asking execution (the driver's account).
+    graph:
+        Where dry runs' provenance is offered (None: not recorded).
     """
 
     def __init__(
@@ -122,8 +129,10 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
         quotes: QuoteBook,
         symbols: Mapping[str, SymbolSpec],
         known_accounts: set[str] | None = None,
+        graph: RiskGraph | None = None,
     ) -> None:
         self._risk = risk
+        self._graph = graph
         self._execution = execution
         self._quotes = quotes
         self._symbols = dict(symbols)
@@ -160,9 +169,12 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
             state = convert.account_state_from_proto(account, positions)
             quotes = self._quotes.quotes(positions)
             decision = await asyncio.to_thread(self._risk.dry_run, view, state, quotes, spec)
-        return risk_pb2.EvaluateSignalResponse(
-            decision=convert.decision_to_proto(decision, signal.trace)
-        )
+        message = convert.decision_to_proto(decision, signal.trace)
+        if self._graph is not None:
+            self._graph.offer(
+                dry_run_decision_id(account_id, signal.signal_id), signal, message, dry_run=True
+            )
+        return risk_pb2.EvaluateSignalResponse(decision=message)
 
     async def GetLimits(
         self, request: risk_pb2.GetLimitsRequest, context: Context

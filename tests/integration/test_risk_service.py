@@ -2,6 +2,8 @@
 
 Risk and execution run in-process on free ports. The driver is exercised batch by batch
 with signals placed at real moments of the shipped replay, so its orders meet real ticks.
+Risk's graph store is a ``file://`` journal, read back after trading for the decisions'
+provenance.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from quantmesh.services.risk.config import RiskSettings
 from quantmesh.services.risk.driver import END_OF_TIME_MS
 from quantmesh.services.risk.rules import RULES
 from quantmesh.services.risk.service import RiskService, build
+from quantmesh.storage.graph import NodeKind, NodeRef, SymbolEdge, open_graph
 
 ACCOUNT = "paper"
+MODEL = ("eurusd-h1-direction", "1")
 
 
 @pytest.fixture
@@ -56,10 +60,15 @@ async def execution(
         yield execution_pb2_grpc.ExecutionServiceStub(channel)
 
 
+def graph_url(tmp_path: Path) -> str:
+    return f"file:///{tmp_path / 'graph.jsonl'}"
+
+
 def risk_settings(tmp_path: Path, execution_service: ServiceRuntime) -> RiskSettings:
     return RiskSettings(
         port=0,
         folder=tmp_path / "risk",
+        graph_url=graph_url(tmp_path),
         execution_address=f"127.0.0.1:{execution_service.port}",
         decision_address="127.0.0.1:1",  # unused: the driver is driven batch by batch
         account_id=ACCOUNT,
@@ -130,6 +139,7 @@ def lots(units: int, nanos: int = 0) -> common_pb2.Lots:
 
 
 async def test_evaluate_answers_every_verdict_and_places_no_order(
+    risk_service: RiskService,
     risk: risk_pb2_grpc.RiskServiceAsyncStub,
     execution: execution_pb2_grpc.ExecutionServiceAsyncStub,
 ) -> None:
@@ -142,6 +152,21 @@ async def test_evaluate_answers_every_verdict_and_places_no_order(
     assert (decision.risk_amount.currency, decision.risk_amount.units) == ("USD", 200)
     assert (decision.signal_id, decision.account_id) == ("sig-buy", ACCOUNT)
     assert (await execution.ListOrders(ex.ListOrdersRequest(account_id=ACCOUNT))).orders == []
+    # The dry run's provenance: its own decision id, the signal's model, no order.
+    assert await risk_service.graph.flush()
+    graph = risk_service.graph.graph
+    assert graph.provenance("sig-buy") is None  # the driver's id stays free
+    dry_run = graph.provenance("dry-run:paper:sig-buy")
+    assert dry_run is not None
+    assert dry_run.node(dry_run.root).attributes["dry_run"] is True
+    assert {n.ref.kind for n in dry_run.nodes} == {
+        NodeKind.RISK_DECISION,
+        NodeKind.SIGNAL,
+        NodeKind.PREDICTION,
+        NodeKind.MODEL_VERSION,
+        NodeKind.FEATURE_ROW,
+    }
+    assert graph.decisions_of_model(*MODEL) == ("dry-run:paper:sig-buy",)
 
 
 async def test_a_signal_without_a_stop_is_a_rejection_not_an_error(
@@ -451,11 +476,50 @@ async def test_the_driver_turns_approved_signals_into_orders_exactly_once(
     assert driver.next_seq == 4
     assert driver.stats.market_time_ms >= int(ticks.time_msc[700])
 
+    # Each evaluated decision's provenance, written in the background.
+    assert await risk_service.graph.flush()
+    graph = risk_service.graph.graph
+    assert graph.decisions_of_model(*MODEL) == ("sig-300", "sig-400", "sig-700")
+    bought = graph.provenance("sig-300")
+    assert bought is not None
+    model = NodeRef(NodeKind.MODEL_VERSION, "eurusd-h1-direction@1")
+    assert bought.node(model).attributes == {"name": MODEL[0], "version": MODEL[1]}
+    [order_node] = [n for n in bought.nodes if n.ref.kind == NodeKind.ORDER]
+    assert order_node.ref.key == opened.order_id
+    assert (order_node.attributes["idempotency_key"], order_node.attributes["outcome"]) == (
+        "sig-300",
+        "submitted",
+    )
+    # Execution's SubmitOrder answer names no deal: the fill comes later, by its reports.
+    assert not [n for n in bought.nodes if n.ref.kind == NodeKind.FILL]
+    verdict = bought.node(bought.root).attributes
+    assert (verdict["verdict"], verdict["account_id"]) == ("approved", ACCOUNT)
+    closed = graph.provenance("sig-700")
+    assert closed is not None
+    assert [n.ref.key for n in closed.nodes if n.ref.kind == NodeKind.ORDER] == [closing.order_id]
+    thin = graph.provenance("sig-400")
+    assert thin is not None
+    assert not [n for n in thin.nodes if n.ref.kind in (NodeKind.ORDER, NodeKind.FILL)]
+    assert thin.node(thin.root).attributes["verdict"] == "rejected"
+    assert thin.node(thin.root).attributes["failed_rules"] == "min_reward_risk"
+
     # A crash before the cursor was saved: the same batch comes again. Nothing new.
     assert await driver.handle_batch(batch, recording)  # type: ignore[arg-type]
     again = (await execution.ListOrders(ex.ListOrdersRequest(account_id=ACCOUNT))).orders
     assert sorted(o.order_id for o in again) == sorted(o.order_id for o in orders)
     assert driver.stats.orders_submitted == 2
+    # Recorded again under the same ids, with the same orders (execution's duplicates),
+    # whose nodes now say what execution answered the second time.
+    assert await risk_service.graph.flush()
+    assert graph.decisions_of_model(*MODEL) == ("sig-300", "sig-400", "sig-700")
+    rebought = graph.provenance("sig-300")
+    assert rebought is not None
+    assert rebought.edges == bought.edges
+    again_order = rebought.node(order_node.ref).attributes
+    assert (again_order["outcome"], again_order["state"]) == (
+        "duplicate: already submitted",
+        "FILLED",
+    )
 
     # The close fills on the first tick after its signal, once execution may play it.
     later = ex.AdvanceMarketTimeRequest(time_ms=int(ticks.time_msc[800]), wait=True)
@@ -513,8 +577,14 @@ async def test_the_running_driver_trades_the_stream_and_resumes_after_its_cursor
     async def resubscribed() -> bool:
         return len(decision.subscriptions) == 2
 
+    # The recorder stored a correlation on EURUSD before risk started.
+    correlated = SymbolEdge("EURUSD", "EUR", "USD", {"GBPUSD": 0.8}, 1_000)
+    recorder = open_graph(graph_url(tmp_path))
+    recorder.upsert_symbol(correlated)
+    recorder.close()
     try:
         first = build(settings)
+        assert {e.symbol: e for e in first.graph.edges}["EURUSD"] == correlated
         await first.runtime.start()
         await wait_until(replay_finished)
         await first.runtime.stop(grace=0.2)
@@ -535,3 +605,18 @@ async def test_the_running_driver_trades_the_stream_and_resumes_after_its_cursor
         assert len(again) == len(orders)
     finally:
         await server.stop(0)
+
+    # Stopping flushed the provenance to the journal and closed it; the edges kept the
+    # recorder's correlation.
+    graph = open_graph(graph_url(tmp_path))
+    try:
+        assert graph.decisions_of_model(*MODEL) == ("sig-300", "sig-400", "sig-700")
+        recorded = graph.provenance("sig-300")
+        assert recorded is not None
+        order_ids = {o.signal_id: o.order_id for o in orders}
+        assert {n.ref.key for n in recorded.nodes if n.ref.kind == NodeKind.ORDER} == {
+            order_ids["sig-300"]
+        }
+        assert {e.symbol: e for e in graph.symbols()}["EURUSD"] == correlated
+    finally:
+        graph.close()

@@ -21,8 +21,12 @@ from quantmesh.execution.v1 import execution_pb2
 from quantmesh.services.risk.config import KNOWN_SYMBOLS
 from quantmesh.services.risk.convert import QuoteBook
 from quantmesh.services.risk.driver import END_OF_TIME_MS, RiskDriver
+from quantmesh.services.risk.graph import RiskGraph
 from quantmesh.services.risk.rules import RULES
 from quantmesh.services.risk.store import DurableRiskEngine, RiskStore
+from quantmesh.storage.graph import DecisionProvenance, NodeKind, NodeRef
+from quantmesh.storage.graph.memory import NetworkxGraph
+from quantmesh.storage.urls import StoreUnavailableError
 
 T0 = 1_500_000_000_000
 HOUR = 3_600_000
@@ -295,3 +299,58 @@ async def test_the_end_of_the_stream_opens_execution_market_for_good(store: Risk
     execution = FakeExecution()
     await a_driver(store).finish(execution)  # type: ignore[arg-type]
     assert execution.calls == [("advance", (END_OF_TIME_MS, False))]
+
+
+class FailingGraph(NetworkxGraph):
+    """A graph store that is down for provenance writes."""
+
+    def record_provenance(self, provenance: DecisionProvenance) -> None:
+        raise StoreUnavailableError("graph store unreachable")
+
+
+async def test_every_evaluated_decision_is_offered_to_the_graph_after_its_orders(
+    store: RiskStore,
+) -> None:
+    graph = RiskGraph(NetworkxGraph(), (), ())
+    pending_at_submit: list[int] = []
+
+    class Watching(FakeExecution):
+        async def SubmitOrder(
+            self, request: execution_pb2.SubmitOrderRequest, **call_options: object
+        ) -> execution_pb2.SubmitOrderResponse:
+            pending_at_submit.append(graph.pending)
+            return await super().SubmitOrder(request, **call_options)
+
+    execution = Watching()
+    driver = a_driver(store, graph=graph)
+    batch = decision_pb2.SignalBatch(
+        seq=0, signals=[buy("b", T0), buy("unsure", T0 + 1, confidence=0.05), hold("h", T0 + 2)]
+    )
+    assert await driver.handle_batch(batch, execution)  # type: ignore[arg-type]
+    assert pending_at_submit == [0]  # the order went first; the decision is offered after
+    assert graph.pending == 2  # the HOLD is no decision
+    assert await graph.flush()
+
+    approved = graph.graph.provenance("b")
+    assert approved is not None
+    orders = [n for n in approved.nodes if n.ref.kind == NodeKind.ORDER]
+    assert [(n.ref.key, n.attributes["idempotency_key"]) for n in orders] == [("O1", "b")]
+    assert approved.node(approved.root).attributes["verdict"] == "approved"
+    assert NodeRef(NodeKind.MODEL_VERSION, "m@1") in {n.ref for n in approved.nodes}
+    rejected = graph.graph.provenance("unsure")
+    assert rejected is not None
+    assert not [n for n in rejected.nodes if n.ref.kind == NodeKind.ORDER]
+    assert rejected.node(rejected.root).attributes["failed_rules"] == "confidence"
+    assert graph.graph.decisions_of_model("m", "1") == ("b", "unsure")
+
+
+async def test_a_graph_store_that_is_down_never_stops_trading(store: RiskStore) -> None:
+    graph = RiskGraph(FailingGraph(), (), ())
+    execution = FakeExecution()
+    driver = a_driver(store, graph=graph)
+    batch = decision_pb2.SignalBatch(seq=0, signals=[buy("b1", T0), buy("b2", T0 + HOUR)])
+    assert await driver.handle_batch(batch, execution)  # type: ignore[arg-type]
+    assert not await graph.flush()
+    assert sorted(execution.orders) == ["b1", "b2"]
+    assert store.cursor(driver.cursor_name) == 1
+    assert graph.pending == 2  # kept for the next try
