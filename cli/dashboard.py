@@ -148,6 +148,11 @@ class Dashboard:
         table.add_row("equity", f"{equity:,.2f}" if equity else "—")
         latencies = [f"{stage} {p50}/{p99}" for stage, p50, p99 in latency_rows(s)]
         table.add_row("stage ms p50/p99", "  ".join(latencies) or "—")
+        recorded = [
+            f"{total(s, 'quantmesh_recorded_rows_total', kind=kind):,.0f} {kind}"
+            for kind in ("ticks", "predictions")
+        ]
+        table.add_row("recorded", ", ".join(recorded))
         processes = []
         for name, process in self.services.items():
             state = "[red]down[/red]" if process.exited else "[green]up[/green]"

@@ -263,12 +263,20 @@ def recorder(
     marketdata_address: Annotated[
         str | None, typer.Option(help="host:port of the market data service (ticks).")
     ] = None,
+    inference_address: Annotated[
+        str | None, typer.Option(help="host:port of the inference service (predictions).")
+    ] = None,
     timeseries_url: Annotated[
         str | None, typer.Option(help="Timeseries store: chdb:///path or clickhouse://….")
     ] = None,
+    graph_url: Annotated[
+        str | None,
+        typer.Option(help="Graph store for correlations: memory://, file:///…, arangodb://…."),
+    ] = None,
     log_format: LogFormatOption = None,
 ) -> None:
-    """Record market data's ticks into the timeseries store (health on port 8009)."""
+    """Record ticks and predictions into the timeseries store, and weight the currency
+    graph with rolling correlations (health on port 8009)."""
     from quantmesh.services.recorder.config import ENV_PREFIX, RecorderSettings
     from quantmesh.services.recorder.service import build_runtime
 
@@ -279,6 +287,8 @@ def recorder(
         host=host,
         port=port,
         marketdata_address=marketdata_address,
+        inference_address=inference_address,
         timeseries_url=timeseries_url,
+        graph_url=graph_url,
         log_format=log_format,
     )

@@ -38,7 +38,7 @@ from rich.table import Table
 from quantmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from quantmesh.cli.dashboard import Dashboard, latency_rows
 from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
-from quantmesh.mesh.launcher import PIPELINE, RunningPipeline, ServiceProcess, local_pipeline
+from quantmesh.mesh.launcher import PLATFORM, RunningPipeline, ServiceProcess, local_pipeline
 from quantmesh.observability.audit.store import AuditStore
 from quantmesh.runtime.config import quantmesh_home
 from quantmesh.runtime.errors import NotFound
@@ -80,8 +80,8 @@ def up(
         bool,
         typer.Option(
             "--free-ports",
-            help="Use free ports instead of the policy's (services 8001-8008, "
-            "proxies 9001-9008, edge 9443).",
+            help="Use free ports instead of the policy's (services 8001-8009, "
+            "proxies 9001-9009, edge 9443).",
         ),
     ] = False,
     view: Annotated[bool, typer.Option("--view/--no-view", help="Show the live view.")] = True,
@@ -99,12 +99,12 @@ def up(
     _ensure_champion(home)
     _prepare_run(home, fresh)
     with ExitStack() as stack:
-        with _out.status("starting " + ", ".join(PIPELINE) + " …"):
+        with _out.status("starting " + ", ".join(PLATFORM) + " …"):
             try:
                 pipeline = local_pipeline(
                     home,
-                    services=tuple(PIPELINE),
-                    env=UP_ENV,
+                    services=tuple(PLATFORM),
+                    env=UP_ENV | _store_env(home),
                     policy_ports=not free_ports,
                     metrics=True,
                     mesh=mesh.value,
@@ -124,6 +124,16 @@ def up(
             _out.print(
                 "Ctrl-C: stopping every service (risk before execution); every order is on disk"
             )
+
+
+def _store_env(home: Path) -> dict[str, str]:
+    """Embedded stores that outlive a process: risk's graph (its symbols' edges and every
+    decision's provenance) is journalled under the run's ``risk`` folder. A graph server
+    named by ``QUANTMESH_GRAPH_URL`` (shared with the recorder's correlations) wins."""
+    if os.environ.get("QUANTMESH_GRAPH_URL") or os.environ.get("QUANTMESH_RISK_GRAPH_URL"):
+        return {}
+    # One journal per process: a networkx journal has a single writer.
+    return {"QUANTMESH_RISK_GRAPH_URL": f"file:///{(home / 'risk' / 'graph.jsonl').as_posix()}"}
 
 
 def _print_topology(running: RunningPipeline) -> None:

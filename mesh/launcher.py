@@ -44,6 +44,11 @@ PIPELINE: dict[str, tuple[str, ...]] = {
     "risk": ("decision", "execution"),
     "analytics": ("execution", "marketdata"),
 }
+# Beside the pipeline, off the trading path: records ticks and predictions into the
+# timeseries store. ``quantmesh up`` runs it; tests of trading leave it out.
+RECORDER: dict[str, tuple[str, ...]] = {"recorder": ("marketdata", "inference")}
+# Every service of the platform (the mesh policy's services), each after its peers.
+PLATFORM: dict[str, tuple[str, ...]] = PIPELINE | RECORDER
 # The signal path alone: ticks to signals, no trading.
 SIGNAL_PATH = ("marketdata", "features", "inference", "decision")
 
@@ -304,7 +309,7 @@ def local_pipeline(
 
     ``home`` is ``QUANTMESH_HOME``: the model registry, every service's embedded store
     and the PKI (``pki/``) live under it. Ports are free ones, so pipelines run side by
-    side, unless ``policy_ports`` asks for the policy's (8001-8008, 9001-9008, 9443);
+    side, unless ``policy_ports`` asks for the policy's (8001-8009, 9001-9009, 9443);
     with ``metrics`` each service also serves Prometheus metrics on a free port.
     ``external`` names services already running elsewhere (a benchmark's own process) at
     a loopback port: they are wired in, and get their sidecar, but are not started.
@@ -358,7 +363,7 @@ def local_pipeline(
         for name in services:
             peers = {
                 f"QUANTMESH_{name.upper()}_{peer.upper()}_ADDRESS": peer_address(name, peer)
-                for peer in PIPELINE.get(name, ())
+                for peer in PLATFORM.get(name, ())
                 if peer in chosen
             }
             process = ServiceProcess(

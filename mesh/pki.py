@@ -67,6 +67,7 @@ DEFAULT_SERVICES: tuple[str, ...] = (
     "risk",
     "execution",
     "analytics",
+    "recorder",
     "trainer",
     "registry",
     "edge",

@@ -71,6 +71,11 @@ STREAM_LAG = Gauge(
     "Items a Subscribe stream sent and its consumers have not acked, summed over subscribers.",
     ["stream"],
 )
+RECORDED_ROWS = Counter(
+    "quantmesh_recorded_rows",
+    "Rows the recorder has stored in the timeseries store, by kind (ticks, predictions).",
+    ["kind"],
+)
 AUDIT_QUEUE_DEPTH = Gauge(
     "quantmesh_audit_queue_depth", "Audit records queued or being written, not yet committed."
 )

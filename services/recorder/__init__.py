@@ -1,1 +1,1 @@
-"""recorder: market data's ticks into the timeseries store, exactly once across restarts."""
+"""recorder: ticks and predictions into the timeseries store, and the graph's correlations."""

@@ -14,7 +14,10 @@ default; both speak the same SQL (:mod:`.sql`).
   charts are), with the tick count and the summed volume (:class:`Bars`).
 - **Predictions** (:class:`PredictionRows`) are what models said, by model version;
   :meth:`TimeseriesPort.accuracy_by_model_version` scores their direction against the
-  ticks that came *after* each prediction, out of sample (see its docstring).
+  ticks that came *after* each prediction, out of sample (see its docstring). Written
+  from a numbered stream (inference's prediction stream), they carry its seqs, which
+  are its cursor exactly as for ticks: :meth:`TimeseriesPort.last_prediction_seq`,
+  an insert that skips what is stored, :meth:`TimeseriesPort.read_predictions`.
 
 Prices are integer points and times int64 UTC epoch milliseconds, as everywhere in
 quantmesh. Calls block; an adapter for a server retries transient failures with
@@ -36,6 +39,7 @@ __all__ = [
     "PredictedClass",
     "PredictionRows",
     "SeqGapError",
+    "StoredPredictions",
     "StoredTicks",
     "TickRows",
     "TimeseriesPort",
@@ -305,6 +309,35 @@ class PredictionRows:
     def __len__(self) -> int:
         return len(self.time_msc)
 
+    def rows(self, start: int, stop: int) -> PredictionRows:
+        """Rows ``start:stop``, as views of these columns (the dictionaries kept whole)."""
+        return PredictionRows(
+            self.models,
+            self.versions,
+            self.model_index[start:stop],
+            self.symbols,
+            self.symbol_index[start:stop],
+            self.time_msc[start:stop],
+            self.probability_up[start:stop],
+            self.predicted_class[start:stop],
+            self.feature_digest[start:stop],
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StoredPredictions:
+    """Predictions read back from a stream: ``rows`` and each row's ``seq`` (uint64)."""
+
+    seq: np.ndarray
+    rows: PredictionRows
+
+    def __post_init__(self) -> None:
+        if len(self.seq) != len(self.rows):
+            raise ValueError(f"{len(self.seq)} seqs for {len(self.rows)} rows")
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
 
 @dataclass(frozen=True, slots=True)
 class AccuracyRow:
@@ -373,8 +406,33 @@ class TimeseriesPort(Protocol):
         """
         ...
 
-    def insert_predictions(self, rows: PredictionRows) -> None:
-        """Store predictions; one written again (same model, version, symbol, time) replaces."""
+    def insert_predictions(
+        self, rows: PredictionRows, stream: str | None = None, first_seq: int = 0
+    ) -> int:
+        """Store predictions; return how many were written.
+
+        A prediction written again (same model, version, symbol and time) replaces the
+        stored one in every query's answer. With ``stream``, row ``i`` is seq
+        ``first_seq + i`` of that stream, and the rows are written as ticks are (see
+        :meth:`insert_ticks`): those not above :meth:`last_prediction_seq` are skipped,
+        a ``first_seq`` past ``last_prediction_seq + 1`` raises :class:`SeqGapError`,
+        and the chunks go in seq order. Without, the rows belong to no stream.
+        """
+        ...
+
+    def last_prediction_seq(self, stream: str) -> int | None:
+        """The largest seq stored for the prediction ``stream``; None when it holds none."""
+        ...
+
+    def read_predictions(
+        self, stream: str, from_seq: int = 0, limit: int = 1_000_000
+    ) -> StoredPredictions:
+        """Up to ``limit`` stored predictions of ``stream`` from ``from_seq`` on, in seq order.
+
+        Every stored row is returned, so a seq stored twice would show twice (until the
+        engine's merges keep one row per prediction, which may also drop a row another
+        stream wrote again: a prediction is one row, whichever stream wrote it last).
+        """
         ...
 
     def accuracy_by_model_version(
@@ -386,8 +444,10 @@ class TimeseriesPort(Protocol):
         before ``t`` (what the model could know) and the mid of the last tick after ``t``
         and at or before ``t + horizon_ms``. Only prices after ``t`` decide the outcome,
         so the score is out of sample; a prediction whose horizon has not elapsed in the
-        stored ticks, or with no tick inside its horizon, is not scored yet. Rows come
-        ordered by model, version and bucket.
+        stored ticks, or with no tick inside its horizon, is not scored yet. A row
+        without a prediction (class UNSPECIFIED: the stream's warm-up, whose inputs were
+        not all known) is not counted at all. Rows come ordered by model, version and
+        bucket.
         """
         ...
 

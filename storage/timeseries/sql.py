@@ -16,7 +16,14 @@ Schema:
   committed with the rows it counts.
 - ``predictions``: a ReplacingMergeTree ordered by ``(symbol, time_msc, model,
   version)``: a prediction written again replaces the stored one, and the accuracy query
-  reads it ``FINAL``, so a replayed batch never counts twice.
+  reads it ``FINAL``, so a replayed batch never counts twice. Rows written from a
+  stream carry its name and their ``seq`` (``''`` and 0 otherwise), the stream's
+  cursor, written as the ticks' are (below). Those two columns came after the table:
+  :data:`UPGRADE_PREDICTIONS` adds them to a store created before, in place (existing
+  rows read as written by no stream), and is a no-op on any other. No projection keeps
+  the cursor, as ``seq_by_stream`` does for ticks (ClickHouse refuses projections on a
+  ReplacingMergeTree unless told how merges treat them): a model predicts once a bar,
+  so the stream and seq columns it scans are small.
 
 Why no ReplacingMergeTree for ticks: measured here, its merges halved the ingest rate,
 and it removes duplicates only eventually (a query would need ``FINAL``). The ticks are
@@ -28,10 +35,12 @@ a crash leaves a prefix of the rows stored, never a hole. Each chunk carries an
 ``insert_deduplication_token`` naming its stream and seq range, and the table keeps the
 last :data:`DEDUPLICATION_WINDOW` tokens: a retry racing an insert whose reply was lost
 (it read the cursor before the first attempt committed) is dropped by the server.
+Predictions from a stream go in the same way, with the same guarantees.
 """
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -45,6 +54,7 @@ from quantmesh.storage.timeseries.port import (
     Bars,
     PredictionRows,
     SeqGapError,
+    StoredPredictions,
     StoredTicks,
     TickRows,
 )
@@ -54,11 +64,14 @@ __all__ = [
     "CREATE_PREDICTIONS",
     "CREATE_TICKS",
     "INSERT_CHUNK_ROWS",
+    "LAST_PREDICTION_SEQ",
     "LAST_SEQ",
     "OHLC",
     "PREDICTION_COLUMNS",
+    "READ_PREDICTIONS",
     "READ_TICKS",
     "TICK_COLUMNS",
+    "UPGRADE_PREDICTIONS",
     "SqlTimeseries",
     "prediction_table",
     "tick_table",
@@ -72,6 +85,8 @@ DEDUPLICATION_WINDOW = 1_000
 
 TICK_COLUMNS = ("stream", "seq", "symbol", "time_msc", "bid", "ask", "volume")
 PREDICTION_COLUMNS = (
+    "stream",
+    "seq",
     "model",
     "version",
     "symbol",
@@ -99,7 +114,8 @@ ORDER BY (symbol, time_msc, seq)
 SETTINGS non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}
 """
 
-CREATE_PREDICTIONS = """
+# The stream and seq columns come last, as UPGRADE_PREDICTIONS adds them to an older table.
+CREATE_PREDICTIONS = f"""
 CREATE TABLE IF NOT EXISTS predictions
 (
     model LowCardinality(String),
@@ -108,17 +124,44 @@ CREATE TABLE IF NOT EXISTS predictions
     time_msc Int64,
     probability_up Float64,
     predicted_class UInt8,
-    feature_digest UInt64
+    feature_digest UInt64,
+    stream LowCardinality(String) DEFAULT '',
+    seq UInt64 DEFAULT 0 CODEC(Delta, LZ4)
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (symbol, time_msc, model, version)
+SETTINGS non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}
 """
 
-SCHEMA = (CREATE_TICKS, CREATE_PREDICTIONS)
+# A predictions table created before predictions had a stream cursor gets its columns
+# and the token window here; on a current table both statements change nothing.
+UPGRADE_PREDICTIONS = (
+    """
+ALTER TABLE predictions
+    ADD COLUMN IF NOT EXISTS stream LowCardinality(String) DEFAULT '',
+    ADD COLUMN IF NOT EXISTS seq UInt64 DEFAULT 0 CODEC(Delta, LZ4)
+""",
+    f"ALTER TABLE predictions MODIFY SETTING non_replicated_deduplication_window = "
+    f"{DEDUPLICATION_WINDOW}",
+)
+
+SCHEMA = (CREATE_TICKS, CREATE_PREDICTIONS, *UPGRADE_PREDICTIONS)
 
 # count() tells an empty stream from one whose largest seq is 0; both come from the
 # projection.
 LAST_SEQ = "SELECT count() AS ticks, max(seq) AS last FROM ticks WHERE stream = {stream:String}"
+
+LAST_PREDICTION_SEQ = """
+SELECT count() AS predictions, max(seq) AS last FROM predictions WHERE stream = {stream:String}
+"""
+
+READ_PREDICTIONS = """
+SELECT seq, model, version, symbol, time_msc, probability_up, predicted_class, feature_digest
+FROM predictions
+WHERE stream = {stream:String} AND seq >= {from_seq:UInt64}
+ORDER BY seq
+LIMIT {limit:UInt64}
+"""
 
 READ_TICKS = """
 SELECT seq, symbol, time_msc, bid, ask, volume
@@ -150,7 +193,7 @@ ORDER BY time_ms
 # made) and the last at or before t + horizon. It is scored only if that second tick is
 # after t, the stored ticks reach t + horizon, and the mid price moved; its direction
 # is right when UP (3) met a rise or DOWN (1) a fall. Mid prices are compared doubled
-# (bid + ask), in integer points.
+# (bid + ask), in integer points. Rows of class UNSPECIFIED (0) are no prediction.
 ACCURACY_BY_MODEL_VERSION = """
 SELECT
     model,
@@ -176,7 +219,7 @@ FROM
         SELECT model, version, symbol, time_msc, predicted_class,
                time_msc + {horizon_ms:Int64} AS horizon_end
         FROM predictions FINAL
-        WHERE symbol = {symbol:String}
+        WHERE symbol = {symbol:String} AND predicted_class != 0
     ) AS p
     ASOF LEFT JOIN
     (
@@ -222,11 +265,18 @@ def tick_table(stream: str, first_seq: int, rows: TickRows) -> pa.Table:
     )
 
 
-def prediction_table(rows: PredictionRows) -> pa.Table:
-    """``rows`` as an Arrow table of :data:`PREDICTION_COLUMNS`."""
+def prediction_table(rows: PredictionRows, stream: str = "", first_seq: int = 0) -> pa.Table:
+    """``rows`` as an Arrow table of :data:`PREDICTION_COLUMNS`, seqs from ``first_seq``.
+
+    Rows of no stream have stream ``''`` and seq 0 (``first_seq`` is then ignored).
+    """
+    count = len(rows)
     versions = np.asarray(rows.versions, dtype=np.uint32)
+    seq = np.arange(first_seq, first_seq + count, dtype=np.uint64) if stream else None
     return pa.table(
         {
+            "stream": _dictionary_column(np.zeros(count, dtype=np.int32), (stream,)),
+            "seq": pa.array(np.zeros(count, dtype=np.uint64) if seq is None else seq),
             "model": _dictionary_column(rows.model_index, rows.models),
             "version": pa.array(versions[rows.model_index]),
             "symbol": _dictionary_column(rows.symbol_index, rows.symbols),
@@ -245,6 +295,30 @@ def _column(table: pa.Table, name: str, dtype: type[np.generic]) -> np.ndarray:
 def _text(value: Any) -> str:
     # clickhouse-connect returns String columns as bytes unless asked otherwise.
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stored_already(what: str, stream: str, first_seq: int, count: int, last: int | None) -> int:
+    """How many of ``count`` rows from ``first_seq`` the stream holds already (its prefix).
+
+    Raises :class:`SeqGapError` when they start past ``last + 1``.
+    """
+    if last is not None and first_seq > last + 1:
+        raise SeqGapError(
+            f"stream {stream!r} holds seqs up to {last}; {what} from seq {first_seq} "
+            f"would leave {first_seq - last - 1} seqs missing"
+        )
+    return 0 if last is None else min(count, last + 1 - first_seq)
+
+
+def _cursor(table: pa.Table, count_column: str) -> int | None:
+    if int(table.column(count_column)[0].as_py()) == 0:
+        return None
+    return int(table.column("last")[0].as_py())
+
+
+def _stream_name(stream: str) -> None:
+    if not stream:
+        raise ValueError("a stream needs a name (the empty one marks rows of no stream)")
 
 
 def _positive(name: str, value: int) -> None:
@@ -296,10 +370,7 @@ class SqlTimeseries(ABC):
         return self._run("read the stream cursor", lambda: self._last_seq(stream))
 
     def _last_seq(self, stream: str) -> int | None:
-        result = self._query(LAST_SEQ, {"stream": stream})
-        if int(result.column("ticks")[0].as_py()) == 0:
-            return None
-        return int(result.column("last")[0].as_py())
+        return _cursor(self._query(LAST_SEQ, {"stream": stream}), "ticks")
 
     def insert_ticks(self, stream: str, first_seq: int, rows: TickRows) -> int:
         if first_seq < 0:
@@ -314,12 +385,7 @@ class SqlTimeseries(ABC):
 
     def _insert_new_ticks(self, stream: str, first_seq: int, rows: TickRows) -> int:
         last = self._last_seq(stream)
-        if last is not None and first_seq > last + 1:
-            raise SeqGapError(
-                f"stream {stream!r} holds seqs up to {last}; ticks from seq {first_seq} "
-                f"would leave {first_seq - last - 1} seqs missing"
-            )
-        skip = 0 if last is None else min(len(rows), last + 1 - first_seq)
+        skip = _stored_already("ticks", stream, first_seq, len(rows), last)
         fresh = rows.rows(skip, len(rows))
         if len(fresh) == 0:
             return 0
@@ -362,11 +428,70 @@ class SqlTimeseries(ABC):
             volume=_column(table, "volume", np.float64),
         )
 
-    def insert_predictions(self, rows: PredictionRows) -> None:
-        if len(rows) == 0:
-            return
-        table = prediction_table(rows)
-        self._run("insert predictions", lambda: self._insert("predictions", table, None))
+    def insert_predictions(
+        self, rows: PredictionRows, stream: str | None = None, first_seq: int = 0
+    ) -> int:
+        if stream is None:
+            if len(rows) == 0:
+                return 0
+            table = prediction_table(rows)
+            # The table drops a block it has seen (by its token, else by its data):
+            # without a token, rows written again after others replaced them would be
+            # dropped as a repeat. A token of this call's own lets them in, and still
+            # drops a retry of this very call whose first attempt did commit.
+            token = f"predictions:{uuid.uuid4().hex}"
+            self._run("insert predictions", lambda: self._insert("predictions", table, token))
+            return len(rows)
+        _stream_name(stream)
+        if first_seq < 0:
+            raise ValueError(f"first_seq must be 0 or more, got {first_seq}")
+        written = 0
+        for start in range(0, len(rows), INSERT_CHUNK_ROWS):
+            chunk = rows.rows(start, min(len(rows), start + INSERT_CHUNK_ROWS))
+            written += self._run(
+                "insert predictions",
+                partial(self._insert_new_predictions, stream, first_seq + start, chunk),
+            )
+        return written
+
+    def _insert_new_predictions(self, stream: str, first_seq: int, rows: PredictionRows) -> int:
+        last = self._last_prediction_seq(stream)
+        skip = _stored_already("predictions", stream, first_seq, len(rows), last)
+        fresh = rows.rows(skip, len(rows))
+        if len(fresh) == 0:
+            return 0
+        start = first_seq + skip
+        token = f"{stream}:{start}:{start + len(fresh) - 1}"
+        self._insert("predictions", prediction_table(fresh, stream, start), token)
+        return len(fresh)
+
+    def last_prediction_seq(self, stream: str) -> int | None:
+        _stream_name(stream)
+        return self._run(
+            "read the prediction stream cursor", lambda: self._last_prediction_seq(stream)
+        )
+
+    def _last_prediction_seq(self, stream: str) -> int | None:
+        return _cursor(self._query(LAST_PREDICTION_SEQ, {"stream": stream}), "predictions")
+
+    def read_predictions(
+        self, stream: str, from_seq: int = 0, limit: int = 1_000_000
+    ) -> StoredPredictions:
+        _stream_name(stream)
+        if from_seq < 0 or limit < 0:
+            raise ValueError(f"from_seq and limit must be 0 or more, got {from_seq}, {limit}")
+        params = {"stream": stream, "from_seq": from_seq, "limit": limit}
+        table = self._run("read predictions", lambda: self._query(READ_PREDICTIONS, params))
+        rows = PredictionRows.of(
+            model=[_text(name) for name in table.column("model").to_pylist()],
+            version=[int(number) for number in table.column("version").to_pylist()],
+            symbol=[_text(name) for name in table.column("symbol").to_pylist()],
+            time_msc=_column(table, "time_msc", np.int64),
+            probability_up=_column(table, "probability_up", np.float64),
+            predicted_class=_column(table, "predicted_class", np.uint8),
+            feature_digest=_column(table, "feature_digest", np.uint64),
+        )
+        return StoredPredictions(_column(table, "seq", np.uint64), rows)
 
     def accuracy_by_model_version(
         self, symbol: str, horizon_ms: int, bucket_ms: int

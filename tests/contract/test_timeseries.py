@@ -427,3 +427,155 @@ def test_accuracy_of_no_predictions_is_empty_and_widths_must_be_positive(
         store.accuracy_by_model_version("EURUSD", 0, H1)
     with pytest.raises(ValueError, match="bucket_ms"):
         store.accuracy_by_model_version("EURUSD", M1, -1)
+
+
+def test_predictions_of_no_stream_are_replaced_again_after_another_write(
+    scored_store: SqlTimeseries,
+) -> None:
+    # The same block written again, after another replaced it, must replace it back.
+    up, down = _predictions([("m", 1, H1, UP)]), _predictions([("m", 1, H1, DOWN)])
+    scored_store.insert_predictions(up)
+    scored_store.insert_predictions(down)
+    scored_store.insert_predictions(up)
+
+    assert _table(scored_store, M1)[1] == ("m", 1, H1, 4, 1, 0)  # UP at H1: 150 → 140
+
+
+def test_rows_without_a_prediction_are_not_counted(scored_store: SqlTimeseries) -> None:
+    unspecified = int(PredictedClass.UNSPECIFIED)
+    scored_store.insert_predictions(_predictions([("m", 1, 20_000, unspecified)]))
+
+    assert _table(scored_store, M1)[0] == ("m", 1, 0, 2, 2, 0)
+
+
+# The prediction stream's cursor.
+
+STREAM_PREDICTIONS = [
+    ("m", 1, 10_000, UP),
+    ("m", 1, 40_000, DOWN),
+    ("m", 1, 70_000, FLAT),
+    ("m", 1, 100_000, UP),
+    ("m", 1, 130_000, int(PredictedClass.UNSPECIFIED)),  # warm-up: no prediction yet
+]
+
+
+def stored_prediction_seqs(store: SqlTimeseries, stream: str) -> list[int]:
+    return [int(seq) for seq in store.read_predictions(stream).seq]
+
+
+def test_the_prediction_cursor_of_an_empty_stream_is_none(store: SqlTimeseries) -> None:
+    store.insert_predictions(_predictions(STREAM_PREDICTIONS))  # rows of no stream
+
+    assert store.last_prediction_seq("EURUSD|m") is None
+    assert len(store.read_predictions("EURUSD|m")) == 0
+    with pytest.raises(ValueError, match="stream needs a name"):
+        store.last_prediction_seq("")
+
+
+def test_predictions_of_a_stream_read_back_in_seq_order(store: SqlTimeseries) -> None:
+    rows = _predictions(STREAM_PREDICTIONS)
+    rows = PredictionRows.of(
+        model=["m", "m", "m", "other", "m"],
+        version=[1, 1, 1, 7, 2],
+        symbol=["EURUSD", "GBPUSD", "EURUSD", "EURUSD", "GBPUSD"],
+        time_msc=rows.time_msc,
+        probability_up=[0.9, 0.1, 0.5, 0.7, float("nan")],
+        predicted_class=rows.predicted_class,
+        feature_digest=[2**64 - 1, 1, 2, 3, 4],
+    )
+
+    assert store.insert_predictions(rows, "s", 40) == 5
+
+    assert store.last_prediction_seq("s") == 44
+    back = store.read_predictions("s")
+    assert back.seq.tolist() == [40, 41, 42, 43, 44]
+    labels = [(back.rows.models[i], back.rows.versions[i]) for i in back.rows.model_index]
+    assert labels == [("m", 1), ("m", 1), ("m", 1), ("other", 7), ("m", 2)]
+    assert back.rows.symbols[0] == "EURUSD"
+    assert [back.rows.symbols[i] for i in back.rows.symbol_index] == [
+        "EURUSD",
+        "GBPUSD",
+        "EURUSD",
+        "EURUSD",
+        "GBPUSD",
+    ]
+    assert back.rows.time_msc.tolist() == [10_000, 40_000, 70_000, 100_000, 130_000]
+    np.testing.assert_array_equal(back.rows.probability_up, rows.probability_up)
+    assert back.rows.predicted_class.tolist() == [UP, DOWN, FLAT, UP, 0]
+    assert back.rows.feature_digest.tolist() == [2**64 - 1, 1, 2, 3, 4]
+    assert store.read_predictions("s", from_seq=43, limit=1).seq.tolist() == [43]
+
+
+def test_an_overlapping_prediction_insert_stores_only_the_new_seqs(
+    store: SqlTimeseries,
+) -> None:
+    rows = _predictions(STREAM_PREDICTIONS)
+    store.insert_predictions(rows.rows(0, 3), "s", 0)
+
+    assert store.insert_predictions(rows.rows(0, 3), "s", 0) == 0
+    assert store.insert_predictions(rows.rows(1, 5), "s", 1) == 2  # seqs 1, 2 are stored
+
+    assert stored_prediction_seqs(store, "s") == [0, 1, 2, 3, 4]
+    assert store.read_predictions("s").rows.time_msc.tolist() == [
+        time for _, _, time, _ in STREAM_PREDICTIONS
+    ]
+
+
+def test_a_prediction_insert_past_the_cursor_is_refused_as_a_gap(store: SqlTimeseries) -> None:
+    rows = _predictions(STREAM_PREDICTIONS)
+    store.insert_predictions(rows.rows(0, 2), "s", 0)
+
+    with pytest.raises(SeqGapError, match="seqs up to 1; predictions from seq 3"):
+        store.insert_predictions(rows.rows(3, 5), "s", 3)
+
+    assert stored_prediction_seqs(store, "s") == [0, 1]
+
+
+def test_prediction_and_tick_streams_are_independent(store: SqlTimeseries) -> None:
+    store.insert_ticks("s", 0, ticks(["EURUSD"] * 3, [1, 2, 3], [100, 101, 102]))
+    store.insert_predictions(_predictions(STREAM_PREDICTIONS[:2]), "s", 7)
+    store.insert_predictions(_predictions(STREAM_PREDICTIONS[2:]), "t", 0)
+
+    assert store.last_seq("s") == 2
+    assert store.last_prediction_seq("s") == 8
+    assert store.last_prediction_seq("t") == 2
+
+
+def test_a_store_made_before_the_prediction_cursor_is_upgraded_in_place(
+    open_store: Opener,
+) -> None:
+    old = open_store()
+    old._command("DROP TABLE predictions")
+    old._command(OLD_CREATE_PREDICTIONS)
+    table = timeseries_sql.prediction_table(_predictions(ACCURACY_PREDICTIONS))
+    old._insert("predictions", table.drop_columns(["stream", "seq"]), None)
+    times = [time for time, _ in ACCURACY_TICKS]
+    bids = [bid for _, bid in ACCURACY_TICKS]
+    old.insert_ticks("EURUSD", 0, ticks(["EURUSD"] * len(times), times, bids))
+
+    store = open_store()  # creates the schema: the upgrade runs here
+    open_store()  # and again, on the upgraded table: nothing changes
+
+    store = open_store()
+    assert _table(store, M1)[0] == ("m", 1, 0, 2, 2, 0)  # the old rows read as before
+    assert store.last_prediction_seq("EURUSD|m") is None
+    later = _predictions([("m", 3, H1, DOWN)])
+    assert store.insert_predictions(later, "EURUSD|m", 0) == 1
+    assert store.last_prediction_seq("EURUSD|m") == 0
+    assert ("m", 3, H1, 1, 1, 1) in _table(store, M1)
+
+
+OLD_CREATE_PREDICTIONS = """
+CREATE TABLE predictions
+(
+    model LowCardinality(String),
+    version UInt32,
+    symbol LowCardinality(String),
+    time_msc Int64,
+    probability_up Float64,
+    predicted_class UInt8,
+    feature_digest UInt64
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (symbol, time_msc, model, version)
+"""

