@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from quantmesh.services.execution.orders import BROKER_KEY_PREFIX
+from quantmesh.storage.graph import NodeKind, open_graph
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 UP = [sys.executable, "-m", "quantmesh.cli", "up", "--free-ports", "--no-view"]
@@ -102,3 +105,14 @@ def test_ctrl_c_loses_no_order_and_up_again_finishes_the_replay(tmp_path: Path) 
     assert set(keys) <= set(later_keys)
     assert len(later_keys) == len(set(later_keys)) > len(keys)
     assert all(count == 1 for _, count in later_received)
+    # Risk's graph journal holds the provenance of every traded decision, orders included.
+    graph = open_graph(f"file:///{(tmp_path / 'risk' / 'graph.jsonl').as_posix()}")
+    try:
+        for key in later_keys:
+            if key.startswith(BROKER_KEY_PREFIX):  # a stop or target: no decision of its own
+                continue
+            provenance = graph.provenance(key.split(":")[0])
+            assert provenance is not None, key
+            assert any(node.ref.kind == NodeKind.ORDER for node in provenance.nodes), key
+    finally:
+        graph.close()
