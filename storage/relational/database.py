@@ -290,6 +290,15 @@ class _PostgresTransaction:
         self._database._run(self._connection.execute(sql))
 
 
+async def _session_is_clean(connection: Any) -> None:
+    """The pool's reset on release: nothing to undo, so no reset query (a round trip).
+
+    asyncpg rolls back an open transaction itself before calling this. Past that, the
+    session holds nothing: settings are ``SET LOCAL`` and locks ``pg_advisory_xact_lock``,
+    both ended with their transaction, and nothing here LISTENs or keeps cursors.
+    """
+
+
 async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable  # asyncpg hands out awaitables that are not coroutines
 
@@ -313,7 +322,9 @@ class PostgresDatabase:
         dsn = url.raw.replace("postgres://", "postgresql://", 1)
 
         async def create_pool() -> Any:  # in the adapter's loop, which the pool belongs to
-            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=10)
+            return await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, timeout=10, reset=_session_is_clean
+            )
 
         try:
             self._pool = self._run(create_pool())
