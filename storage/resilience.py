@@ -20,7 +20,14 @@ from typing import TypeVar
 from quantmesh.runtime.logging import get_logger
 from quantmesh.storage.urls import StoreUnavailableError
 
-__all__ = ["DEFAULT_BACKOFF", "TRANSIENT", "Backoff", "retrying", "retrying_sync"]
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "TRANSIENT",
+    "Backoff",
+    "flush_when_woken",
+    "retrying",
+    "retrying_sync",
+]
 
 T = TypeVar("T")
 # Failures that a store coming back can cure; adapters add their client's own.
@@ -96,3 +103,20 @@ def _next_wait(
         ) from error
     _log.warning("store call failed; retrying", store=store, what=what, error=str(error))
     return delays[attempt]
+
+
+async def flush_when_woken(
+    wake: asyncio.Event, flush: Callable[[], Awaitable[bool]], retry_s: float
+) -> None:
+    """A background writer's loop: ``flush`` each time ``wake`` is set, until cancelled.
+
+    ``flush`` answers whether everything pending was written; when not (the store is
+    down), the loop pauses ``retry_s`` and tries again, whether or not new work came.
+    """
+    while True:
+        await wake.wait()
+        wake.clear()
+        if not await flush():
+            # Offers meanwhile set the wake-up too; the pause bounds the retries.
+            await asyncio.sleep(retry_s)
+            wake.set()

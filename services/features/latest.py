@@ -23,6 +23,7 @@ import numpy as np
 from quantmesh.runtime.logging import get_logger
 from quantmesh.services.features.schema import FEATURE_NAMES, FeatureRows
 from quantmesh.storage.cache import CachePort, LatestFeatures
+from quantmesh.storage.resilience import flush_when_woken
 from quantmesh.storage.urls import StoreUnavailableError
 
 _log = get_logger("features")
@@ -82,13 +83,7 @@ class LatestFeaturesPublisher:
     async def run(self, shutdown: asyncio.Event) -> None:
         """Write pending vectors until cancelled (the runtime's background job)."""
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                if not await self.flush():
-                    # The wake-up may come from offers meanwhile; the pause bounds retries.
-                    await asyncio.sleep(self._retry_s)
-                    self._wake.set()
+            await flush_when_woken(self._wake, self.flush, self._retry_s)
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(self._final_flush())

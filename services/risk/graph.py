@@ -43,7 +43,7 @@ from quantmesh.services.risk.provenance import (
 )
 from quantmesh.services.risk.sizing import SymbolSpec
 from quantmesh.storage.graph import DecisionProvenance, GraphPort, SymbolEdge, open_graph
-from quantmesh.storage.resilience import TRANSIENT
+from quantmesh.storage.resilience import TRANSIENT, flush_when_woken
 from quantmesh.storage.urls import StoreConfigError, StoreUnavailableError
 
 __all__ = ["MAX_PENDING", "RiskGraph"]
@@ -229,13 +229,7 @@ class RiskGraph:
         background job); then record what is pending and close the store."""
         refresher = asyncio.create_task(self._refresh_every())
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                if not await self.flush():
-                    # Offers meanwhile set the wake-up too; the pause bounds the retries.
-                    await asyncio.sleep(self._retry_s)
-                    self._wake.set()
+            await flush_when_woken(self._wake, self.flush, self._retry_s)
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

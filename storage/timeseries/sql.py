@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_StreamRowsT = TypeVar("_StreamRowsT", TickRows, PredictionRows)  # rows of a numbered stream
 
 # Below ClickHouse's min_insert_block_size_rows (1,048,449): one chunk, one part.
 INSERT_CHUNK_ROWS = 1_000_000
@@ -373,26 +374,37 @@ class SqlTimeseries(ABC):
         return _cursor(self._query(LAST_SEQ, {"stream": stream}), "ticks")
 
     def insert_ticks(self, stream: str, first_seq: int, rows: TickRows) -> int:
+        return self._insert_stream("ticks", stream, first_seq, rows, self._last_seq, tick_table)
+
+    def _insert_stream(
+        self,
+        table: str,
+        stream: str,
+        first_seq: int,
+        rows: _StreamRowsT,
+        last_seq: Callable[[str], int | None],
+        to_table: Callable[[str, int, _StreamRowsT], pa.Table],
+    ) -> int:
+        """Insert a stream's rows from ``first_seq`` in chunks, each retried on its own;
+        rows the stream holds already are skipped, and a gap is refused."""
         if first_seq < 0:
             raise ValueError(f"first_seq must be 0 or more, got {first_seq}")
+
+        def insert_new(first: int, chunk: _StreamRowsT) -> int:
+            skip = _stored_already(table, stream, first, len(chunk), last_seq(stream))
+            fresh = chunk.rows(skip, len(chunk))
+            if len(fresh) == 0:
+                return 0
+            start = first + skip
+            token = f"{stream}:{start}:{start + len(fresh) - 1}"
+            self._insert(table, to_table(stream, start, fresh), token)
+            return len(fresh)
+
         written = 0
         for start in range(0, len(rows), INSERT_CHUNK_ROWS):
             chunk = rows.rows(start, min(len(rows), start + INSERT_CHUNK_ROWS))
-            written += self._run(
-                "insert ticks", partial(self._insert_new_ticks, stream, first_seq + start, chunk)
-            )
+            written += self._run(f"insert {table}", partial(insert_new, first_seq + start, chunk))
         return written
-
-    def _insert_new_ticks(self, stream: str, first_seq: int, rows: TickRows) -> int:
-        last = self._last_seq(stream)
-        skip = _stored_already("ticks", stream, first_seq, len(rows), last)
-        fresh = rows.rows(skip, len(rows))
-        if len(fresh) == 0:
-            return 0
-        start = first_seq + skip
-        token = f"{stream}:{start}:{start + len(fresh) - 1}"
-        self._insert("ticks", tick_table(stream, start, fresh), token)
-        return len(fresh)
 
     def read_ticks(self, stream: str, from_seq: int = 0, limit: int = 1_000_000) -> StoredTicks:
         if from_seq < 0 or limit < 0:
@@ -443,27 +455,14 @@ class SqlTimeseries(ABC):
             self._run("insert predictions", lambda: self._insert("predictions", table, token))
             return len(rows)
         _stream_name(stream)
-        if first_seq < 0:
-            raise ValueError(f"first_seq must be 0 or more, got {first_seq}")
-        written = 0
-        for start in range(0, len(rows), INSERT_CHUNK_ROWS):
-            chunk = rows.rows(start, min(len(rows), start + INSERT_CHUNK_ROWS))
-            written += self._run(
-                "insert predictions",
-                partial(self._insert_new_predictions, stream, first_seq + start, chunk),
-            )
-        return written
-
-    def _insert_new_predictions(self, stream: str, first_seq: int, rows: PredictionRows) -> int:
-        last = self._last_prediction_seq(stream)
-        skip = _stored_already("predictions", stream, first_seq, len(rows), last)
-        fresh = rows.rows(skip, len(rows))
-        if len(fresh) == 0:
-            return 0
-        start = first_seq + skip
-        token = f"{stream}:{start}:{start + len(fresh) - 1}"
-        self._insert("predictions", prediction_table(fresh, stream, start), token)
-        return len(fresh)
+        return self._insert_stream(
+            "predictions",
+            stream,
+            first_seq,
+            rows,
+            self._last_prediction_seq,
+            lambda name, start, fresh: prediction_table(fresh, name, start),
+        )
 
     def last_prediction_seq(self, stream: str) -> int | None:
         _stream_name(stream)
