@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from quantmesh.observability.audit.decisions import AuditSetting, audit_setting
 from quantmesh.runtime.config import ServiceSettings, quantmesh_home
 
 ENV_PREFIX = "QUANTMESH_ANALYTICS_"
+GRAPH_URL_SETTING = f"{ENV_PREFIX}GRAPH_URL"
+SHARED_GRAPH_URL = "QUANTMESH_GRAPH_URL"  # the graph every service shares, unless overridden
 
 # Every symbol quantmesh's sources define: the paper broker trades them all, and their
 # marks also convert profit in other quote currencies (JPY, GBP) into the account's.
@@ -20,6 +23,11 @@ DEFAULT_MARK_SYMBOLS = ("EURGBP", "EURUSD", "GBPUSD", "USDJPY")
 
 def _default_folder() -> Path:
     return quantmesh_home() / "analytics"
+
+
+def _default_graph_url() -> str:
+    # No embedded default: fills only complete provenance risk wrote to a shared store.
+    return os.environ.get(SHARED_GRAPH_URL, "")
 
 
 class AnalyticsSettings(ServiceSettings):
@@ -46,6 +54,15 @@ class AnalyticsSettings(ServiceSettings):
     audit:
         Where every execution report of a decision (acceptance, fills, rejections) is
         appended to the audit log, completing the story risk began; empty turns it off.
+    graph_url:
+        The graph store (:mod:`quantmesh.storage.graph`) where risk records each
+        decision's provenance: analytics attaches every fill it reads to its decision's
+        order there (:mod:`~quantmesh.services.analytics.graph`). Default
+        ``QUANTMESH_GRAPH_URL`` when set, else empty: off, since there is no provenance
+        to complete unless the store is shared with risk (a ``file://`` journal has one
+        writer process, so it must not be risk's while risk runs). Opened at start: a
+        malformed or unreachable URL stops the service with a message naming
+        ``QUANTMESH_ANALYTICS_GRAPH_URL``.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
@@ -61,3 +78,4 @@ class AnalyticsSettings(ServiceSettings):
     tick_batch_size: int = Field(default=5_000, ge=1, le=100_000)
     report_batch_size: int = Field(default=100, ge=1, le=10_000)
     audit: AuditSetting = audit_setting()
+    graph_url: str = Field(default_factory=_default_graph_url)

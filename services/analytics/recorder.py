@@ -7,7 +7,9 @@ restarts, or one not started yet, is resumed from the stored cursor, so nothing 
 missed or recorded twice, across reconnects and across restarts of analytics itself.
 
 - :func:`record_reports` consumes ``ExecutionService.StreamExecutionReports`` (a live
-  stream that never ends) and records every report that carries a fill.
+  stream that never ends) and records every report that carries a fill; with a graph
+  store, it also offers each fill to the writer that attaches it to its decision's
+  provenance (:mod:`~quantmesh.services.analytics.graph`), which never holds it up.
 - :func:`record_marks` consumes market data's ticks and keeps the last tick of each
   symbol and UTC hour (:func:`hourly_marks`): enough to draw the equity curve and to
   value open positions hour by hour, with the latest tick as the final mark, at a small
@@ -32,7 +34,9 @@ from quantmesh.runtime.logging import get_logger
 from quantmesh.runtime.metrics import MARKET_TIME, REPLAY_FINISHED, TICKS
 from quantmesh.runtime.subscriber import StreamDroppedError
 from quantmesh.services.analytics.convert import fill_of_report
+from quantmesh.services.analytics.graph import FillProvenance
 from quantmesh.services.analytics.ledger import Mark
+from quantmesh.services.analytics.provenance import fill_links
 from quantmesh.services.analytics.store import H1_MS, AnalyticsStore
 from quantmesh.services.execution.client import ExecutionReportSubscriber
 from quantmesh.services.marketdata.client import TickSubscriber
@@ -93,11 +97,15 @@ async def record_reports(
     batch_size: int,
     shutdown: asyncio.Event,
     audit: DecisionLog | None = None,
+    provenance: FillProvenance | None = None,
 ) -> None:
     """Record execution's fills until shutdown, resuming from the stored cursor.
 
     With ``audit``, every report of a decision also goes to the audit log, committed
-    before the batch's cursor (a crash re-reads the batch, and records it again).
+    before the batch's cursor (a crash re-reads the batch, and records it again). With
+    ``provenance``, the batch's fills are offered to it before the cursor is committed
+    (no I/O: a shutdown cancelling the commit cannot lose them; a batch read again
+    offers them again, which attaching ignores).
     """
     while not shutdown.is_set():
         pause = RETRY_SECONDS
@@ -107,6 +115,8 @@ async def record_reports(
                 subscriber = ExecutionReportSubscriber(channel, from_seq, batch_size)
                 async for batch in subscriber.batches():
                     fills = [f for r in batch.reports if (f := fill_of_report(r)) is not None]
+                    if provenance is not None and fills:
+                        provenance.offer(fill_links(batch.reports))
                     if audit is not None:
                         await _audit_reports(audit, batch.reports)
                     last = batch.reports[-1].seq

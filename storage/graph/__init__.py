@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from quantmesh.storage.graph.port import (
     DecisionProvenance,
+    FillRecord,
     GraphPort,
     Neighbour,
     NodeKind,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_URL",
     "SCHEMES",
     "DecisionProvenance",
+    "FillRecord",
     "GraphPort",
     "Neighbour",
     "NodeKind",

@@ -11,13 +11,19 @@ collections of :data:`VERTEX_COLLECTIONS` and :data:`EDGE_COLLECTIONS`, the inde
   (``_key`` = symbol, ``_from`` = base, ``_to`` = quote; the SymbolEdge's fields);
 - ``provenance``: one vertex collection per :class:`~.port.NodeKind` (``signals``,
   ``model_versions``, …; documents ``{_key, key, attributes}``) and ``provenance_links``
-  edges ``{_from, _to, decision_id, relation}``, indexed by ``decision_id``.
+  edges ``{_from, _to, decision_id, relation}``, indexed by ``decision_id``; the edges
+  :meth:`ArangoGraph.record_fills` draws also carry ``attached: true``.
 
 Every query is one of the AQL texts in :data:`AQL`, with bind variables only. Writes are
 idempotent: documents are replaced by deterministic keys, so a retried write, or the same
 decision recorded twice, ends in the same state. A decision is recorded in four steps
 (its other nodes, its edges, removing the edges it no longer has, then its own node), so
 :meth:`ArangoGraph.provenance` finds a decision only once the rest has been written.
+Fills are attached in three (the order's node unless it exists, the fill nodes, their
+edges), never touching the decision's node: before risk records the decision they are
+stored but not read. Their edges have keys of their own (a risk record's edge to the
+same order is another document), and removing a decision's stale edges skips them, so
+risk recording a decision again never drops a fill.
 
 Keys: ArangoDB allows letters, digits and ``_-:.@()+,=;$!*'%`` in a ``_key``; any other
 character of an id is percent-encoded (``EURUSD/1`` → ``EURUSD%2F1``), and the original
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -48,12 +54,14 @@ from arango.http import DefaultHTTPClient
 from quantmesh.runtime.errors import InvalidArgument
 from quantmesh.storage.graph.port import (
     DecisionProvenance,
+    FillRecord,
     Neighbour,
     NodeKind,
     NodeRef,
     ProvenanceEdge,
     ProvenanceNode,
     SymbolEdge,
+    attached_fills,
     model_version_key,
     resolve_correlation,
 )
@@ -128,13 +136,19 @@ AQL: Mapping[str, str] = {
     "replace_nodes": (
         'FOR node IN @nodes INSERT node INTO @@collection OPTIONS {overwriteMode: "replace"}'
     ),
+    # Nodes not stored yet; one that exists keeps its attributes (an order risk recorded).
+    "insert_missing_nodes": (
+        'FOR node IN @nodes INSERT node INTO @@collection OPTIONS {overwriteMode: "ignore"}'
+    ),
     "replace_links": (
         'FOR link IN @links INSERT link INTO provenance_links OPTIONS {overwriteMode: "replace"}'
     ),
-    # Edges a decision had before and has no more (recorded again, with fewer orders).
+    # Edges a decision's record had before and has no more (recorded again, with fewer
+    # orders); the fills attached to it are not risk's record and stay.
     "remove_stale_links": (
         "FOR link IN provenance_links "
         "FILTER link.decision_id == @decision_id AND link._key NOT IN @keep "
+        "AND link.attached != true "
         "REMOVE link IN provenance_links"
     ),
     # The decision's own node, its edges (by the decision_id index) and their ends.
@@ -179,9 +193,14 @@ def _node_ref(document_id: str) -> NodeRef:
     return NodeRef(_KIND_OF_COLLECTION[collection], unquote(key))
 
 
-def _link_key(decision_id: str, edge: ProvenanceEdge) -> str:
-    """A deterministic key per (decision, edge): recording again replaces, never duplicates."""
-    text = json.dumps([decision_id, str(edge.source), str(edge.target), edge.relation])
+def _link_key(decision_id: str, edge: ProvenanceEdge, *, attached: bool = False) -> str:
+    """A deterministic key per (decision, edge): recording again replaces, never duplicates.
+
+    An attached fill's edge (``attached``) has another key than the same edge in risk's
+    record, so neither writer's replace takes the other's mark away.
+    """
+    parts = [decision_id, str(edge.source), str(edge.target), edge.relation]
+    text = json.dumps([*parts, "attached"] if attached else parts)
     return hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -290,6 +309,33 @@ class ArangoGraph:
             nodes=[_node_doc(root)],
             collection=NODE_COLLECTIONS[NodeKind.RISK_DECISION],
         )
+
+    def record_fills(self, decision_id: str, order_id: str, fills: Sequence[FillRecord]) -> None:
+        attached = attached_fills(decision_id, order_id, fills)
+        if not attached.fills:
+            return
+        self._query(
+            "insert_missing_nodes",
+            nodes=[_node_doc(ProvenanceNode(attached.order))],
+            collection=NODE_COLLECTIONS[NodeKind.ORDER],
+        )
+        self._query(
+            "replace_nodes",
+            nodes=[_node_doc(fill) for fill in attached.fills],
+            collection=NODE_COLLECTIONS[NodeKind.FILL],
+        )
+        links = [
+            {
+                "_key": _link_key(decision_id, edge, attached=True),
+                "_from": _node_id(edge.source),
+                "_to": _node_id(edge.target),
+                "decision_id": decision_id,
+                "relation": edge.relation,
+                "attached": True,
+            }
+            for edge in attached.edges
+        ]
+        self._query("replace_links", links=links)
 
     def provenance(self, decision_id: str) -> DecisionProvenance | None:
         root_ref = NodeRef(NodeKind.RISK_DECISION, decision_id)

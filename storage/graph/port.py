@@ -18,6 +18,13 @@ row), so a node's attributes are the last ones recorded; edges belong to one dec
 (:attr:`ProvenanceEdge` rows carry its id), so reading a decision back never wanders into
 another one through a shared model version.
 
+Two writers fill a decision in. Risk records it whole when its orders are submitted
+(:meth:`GraphPort.record_provenance`); fills happen later, and analytics, which reads
+them off execution's report stream, attaches each to its order
+(:meth:`GraphPort.record_fills`). Each writer owns its edges: recording a decision again
+replaces only what risk recorded before, never the fills attached, and fills may be
+attached before risk records the decision (they wait, unread, until it does).
+
 Both adapters (networkx, ArangoDB) speak these frozen dataclasses and are synchronous:
 python-arango is a blocking client, and callers on an event loop run them in a worker
 thread. Nothing here imports grpc.
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -35,7 +42,10 @@ from typing import Any, Protocol
 from quantmesh.runtime.errors import InvalidArgument
 
 __all__ = [
+    "AttachedFills",
+    "Attribute",
     "DecisionProvenance",
+    "FillRecord",
     "GraphPort",
     "Neighbour",
     "NodeKind",
@@ -44,6 +54,7 @@ __all__ = [
     "ProvenanceNode",
     "Relation",
     "SymbolEdge",
+    "attached_fills",
     "decision_provenance",
     "model_version_key",
 ]
@@ -53,6 +64,8 @@ CURRENCY = re.compile(r"[A-Z]{3}")
 # Correlations come out of floating-point sums; a hair past ±1 is rounding, not data.
 _CORRELATION_SLACK = 1e-9
 Attribute = str | int | float | bool
+# A fill as :meth:`GraphPort.record_fills` takes it: its id (the broker's deal id) and attributes.
+FillRecord = tuple[str, Mapping[str, Attribute]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +369,43 @@ def decision_provenance(
     return DecisionProvenance(decision_id, tuple(nodes), tuple(edges))
 
 
+@dataclass(frozen=True, slots=True)
+class AttachedFills:
+    """What :meth:`GraphPort.record_fills` writes, checked once for both adapters.
+
+    ``order`` is the order's node; ``fills`` the fill nodes (the last of a repeated id
+    wins); ``edges`` the decision → order edge and an order → fill edge per fill.
+    """
+
+    decision_id: str
+    order: NodeRef
+    fills: tuple[ProvenanceNode, ...]
+    edges: tuple[ProvenanceEdge, ...]
+
+
+def attached_fills(decision_id: str, order_id: str, fills: Iterable[FillRecord]) -> AttachedFills:
+    """The nodes and edges that attach ``fills`` to ``order_id`` under ``decision_id``.
+
+    Raises
+    ------
+    InvalidArgument
+        An empty id, or an attribute that is no JSON scalar (or not finite).
+    """
+    if not decision_id:
+        raise InvalidArgument("decision_id is required")
+    decision = NodeRef(NodeKind.RISK_DECISION, decision_id)
+    order = NodeRef(NodeKind.ORDER, order_id)
+    by_id = {fill_id: attributes for fill_id, attributes in fills}
+    nodes = tuple(
+        ProvenanceNode(NodeRef(NodeKind.FILL, fill_id), attributes)
+        for fill_id, attributes in sorted(by_id.items(), key=lambda item: item[0])
+    )
+    edges = [ProvenanceEdge(order, node.ref, Relation.FILLED_BY) for node in nodes]
+    if edges:
+        edges.append(ProvenanceEdge(decision, order, Relation.ORDERED))
+    return AttachedFills(decision_id, order, nodes, tuple(sorted(edges)))
+
+
 class GraphPort(Protocol):
     """The currency graph and decision provenance: networkx or ArangoDB."""
 
@@ -386,7 +436,25 @@ class GraphPort(Protocol):
     # -- provenance -------------------------------------------------------------------
 
     def record_provenance(self, provenance: DecisionProvenance) -> None:
-        """Store a decision's provenance; recording it again replaces its edges."""
+        """Store a decision's provenance (risk's record of it).
+
+        Recording it again replaces the edges recorded before, but not the fills
+        :meth:`record_fills` attached: those stay, with the decision → order edges that
+        lead to them, whatever the new record says (a broker's stop order is in no
+        record of risk's, and a fill that happened stays so).
+        """
+        ...
+
+    def record_fills(self, decision_id: str, order_id: str, fills: Sequence[FillRecord]) -> None:
+        """Attach ``fills`` (id, attributes) to the order ``order_id`` of ``decision_id``.
+
+        Draws ``decision → order`` and ``order → fill`` edges of the decision and stores
+        each fill's attributes; an order node that exists keeps its attributes (risk's),
+        a missing one is created bare. Idempotent: attaching the same fills again
+        changes nothing. A decision not recorded yet is no error: the fills are kept,
+        :meth:`provenance` answers None until risk records the decision, and then
+        includes them. No fills, nothing attached.
+        """
         ...
 
     def provenance(self, decision_id: str) -> DecisionProvenance | None:

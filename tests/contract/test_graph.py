@@ -24,6 +24,7 @@ from quantmesh.storage.graph import (
     NodeRef,
     ProvenanceEdge,
     ProvenanceNode,
+    Relation,
     SymbolEdge,
     decision_provenance,
     open_graph,
@@ -254,3 +255,129 @@ def test_a_wrong_url_names_the_setting() -> None:
         open_graph("neo4j://localhost:7687")
     with pytest.raises(StoreConfigError, match="QUANTMESH_GRAPH_URL"):
         open_graph("file://host/graph.jsonl")
+
+
+# --------------------------------------------------------------------- fills attached later
+
+
+def _fill(deal: int, order_id: str = "ord-dec-1") -> tuple[str, dict[str, str | int]]:
+    """A fill as analytics attaches it: the deal id and what execution reported."""
+    return f"D{deal}", {"price": "1.0851", "volume": "0.12", "time_ms": 1_700_000_000_000 + deal}
+
+
+def _with_fills(
+    provenance: DecisionProvenance, order_id: str, fills: list[tuple[str, dict[str, str | int]]]
+) -> DecisionProvenance:
+    """``provenance`` with ``fills`` under its order ``order_id`` (added when missing)."""
+    decision, order = provenance.root, NodeRef(NodeKind.ORDER, order_id)
+    nodes = {node.ref: node for node in provenance.nodes}
+    nodes.setdefault(order, ProvenanceNode(order))
+    edges = [*provenance.edges, ProvenanceEdge(decision, order, Relation.ORDERED)]
+    for fill_id, attributes in fills:
+        fill = NodeRef(NodeKind.FILL, fill_id)
+        nodes[fill] = ProvenanceNode(fill, attributes)
+        edges.append(ProvenanceEdge(order, fill, Relation.FILLED_BY))
+    return DecisionProvenance(provenance.decision_id, tuple(nodes.values()), tuple(edges))
+
+
+def _submitted(decision_id: str = "dec-1", version: str = "3") -> DecisionProvenance:
+    """What risk records: the decision's order, no fill yet, with attributes of its own."""
+    order = NodeRef(NodeKind.ORDER, f"ord-{decision_id}")
+    return decision_provenance(
+        decision_id,
+        signal_id=f"sig-{decision_id}",
+        prediction_id=f"pred-{decision_id}",
+        model_name="eurusd-h1",
+        model_version=version,
+        feature_row="EURUSD@1700000000000",
+        orders={order.key: []},
+        attributes={order: {"idempotency_key": f"sig-{decision_id}", "side": "BUY"}},
+    )
+
+
+def test_fills_attach_to_a_recorded_decisions_order_and_read_back(harness: Harness) -> None:
+    graph = harness.graph
+    graph.record_provenance(_submitted())
+    graph.record_fills("dec-1", "ord-dec-1", [_fill(1), _fill(2)])
+    back = graph.provenance("dec-1")
+    assert back == _with_fills(_submitted(), "ord-dec-1", [_fill(1), _fill(2)])
+    # The order keeps what risk recorded on it; each fill has what execution reported.
+    order = back.node(NodeRef(NodeKind.ORDER, "ord-dec-1"))
+    assert order.attributes == {"idempotency_key": "sig-dec-1", "side": "BUY"}
+    assert back.node(NodeRef(NodeKind.FILL, "D2")).attributes == _fill(2)[1]
+    assert graph.decisions_of_model("eurusd-h1", "3") == ("dec-1",)
+    graph.record_fills("dec-1", "ord-dec-1", [])  # nothing to attach
+    assert graph.provenance("dec-1") == back
+
+
+def test_attaching_the_same_fills_again_changes_nothing(harness: Harness) -> None:
+    graph = harness.graph
+    graph.record_provenance(_submitted())
+    graph.record_fills("dec-1", "ord-dec-1", [_fill(1), _fill(2)])
+    once = graph.provenance("dec-1")
+    graph.record_fills("dec-1", "ord-dec-1", [_fill(1), _fill(2)])
+    graph.record_fills("dec-1", "ord-dec-1", [_fill(2)])  # a report read again, alone
+    assert graph.provenance("dec-1") == once
+    assert once == _with_fills(_submitted(), "ord-dec-1", [_fill(1), _fill(2)])
+
+
+def test_fills_survive_risk_recording_the_decision_again(harness: Harness) -> None:
+    graph = harness.graph
+    graph.record_provenance(_submitted())
+    graph.record_fills("dec-1", "ord-dec-1", [_fill(1)])
+    # The broker's stop order inherits the decision: its own order node, in no risk record.
+    graph.record_fills("dec-1", "stop-1", [_fill(2, "stop-1")])
+    # Risk handles the decision again (after a crash) and records it as it sees it now.
+    graph.record_provenance(_submitted(version="4"))
+    expected = _with_fills(
+        _with_fills(_submitted(version="4"), "ord-dec-1", [_fill(1)]), "stop-1", [_fill(2)]
+    )
+    assert graph.provenance("dec-1") == expected
+    assert graph.decisions_of_model("eurusd-h1", "3") == ()
+    # Risk's own stale edges still go: a record without the order drops risk's edge to it,
+    # while the fill attached keeps the decision → order edge that leads to it.
+    rejected = decision_provenance(
+        "dec-1",
+        signal_id="sig-dec-1",
+        prediction_id="pred-dec-1",
+        model_name="eurusd-h1",
+        model_version="4",
+        feature_row="EURUSD@1700000000000",
+    )
+    graph.record_provenance(rejected)
+    back = graph.provenance("dec-1")
+    assert back is not None
+    kept = _with_fills(_with_fills(rejected, "ord-dec-1", [_fill(1)]), "stop-1", [_fill(2)])
+    assert back.edges == kept.edges
+
+
+def test_fills_before_the_decision_is_recorded_wait_for_it(harness: Harness) -> None:
+    graph = harness.graph
+    graph.record_fills("dec-1", "ord-dec-1", [_fill(1)])
+    assert graph.provenance("dec-1") is None  # nothing to read until risk records it
+    assert graph.decisions_of_model("eurusd-h1", "3") == ()
+    graph.record_provenance(_submitted())
+    back = graph.provenance("dec-1")
+    assert back == _with_fills(_submitted(), "ord-dec-1", [_fill(1)])
+    # Risk's record wrote the order's attributes over the bare node the fill made.
+    assert back.node(NodeRef(NodeKind.ORDER, "ord-dec-1")).attributes["side"] == "BUY"
+
+
+def test_fills_survive_reopening(harness: Harness) -> None:
+    if harness.reopen is None:
+        pytest.skip("memory:// keeps nothing by design")
+    graph = harness.graph
+    graph.record_provenance(_submitted())
+    graph.record_fills("dec-1", "ord-dec-1", [_fill(1)])
+    graph.record_fills("dec-1", "stop-1", [_fill(2, "stop-1")])
+    graph.record_fills("dec-2", "ord-dec-2", [_fill(3, "ord-dec-2")])  # not recorded yet
+    graph = harness.reopen()
+    expected = _with_fills(_with_fills(_submitted(), "ord-dec-1", [_fill(1)]), "stop-1", [_fill(2)])
+    assert graph.provenance("dec-1") == expected
+    assert graph.provenance("dec-2") is None
+    # Reopened again (the journal compacted once more), risk re-records: nothing is lost.
+    graph = harness.reopen()
+    graph.record_provenance(_submitted())
+    graph.record_provenance(_submitted("dec-2"))
+    assert graph.provenance("dec-1") == expected
+    assert graph.provenance("dec-2") == _with_fills(_submitted("dec-2"), "ord-dec-2", [_fill(3)])

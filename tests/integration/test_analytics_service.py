@@ -44,6 +44,14 @@ from quantmesh.services.execution.service import build_runtime as execution_runt
 from quantmesh.services.marketdata.config import MarketDataSettings
 from quantmesh.services.marketdata.service import build_runtime as marketdata_runtime
 from quantmesh.services.marketdata.sources import EURUSD, ReplaySource, TickColumns
+from quantmesh.storage.graph import (
+    DecisionProvenance,
+    NodeKind,
+    NodeRef,
+    Relation,
+    decision_provenance,
+    open_graph,
+)
 from tests.integration.test_execution_service import order
 
 MODEL = "analytics-test"
@@ -60,7 +68,8 @@ class RunningAnalytics:
     stub: AnalyticsStub
 
 
-AnalyticsStarter = Callable[[], AbstractAsyncContextManager[RunningAnalytics]]
+# Starts analytics; keyword arguments change its settings (e.g. graph_url=...).
+AnalyticsStarter = Callable[..., AbstractAsyncContextManager[RunningAnalytics]]
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +114,13 @@ def start_analytics(
     """Starts analytics on one folder: a second start resumes what the first recorded."""
 
     @asynccontextmanager
-    async def start() -> AsyncIterator[RunningAnalytics]:
+    async def start(**changes: object) -> AsyncIterator[RunningAnalytics]:
         settings = AnalyticsSettings(
             port=0,
             folder=tmp_path / "analytics",
             execution_address=f"127.0.0.1:{execution[0].port}",
             marketdata_address=f"127.0.0.1:{short_marketdata.port}",
-        )
+        ).model_copy(update=changes)
         runtime = analytics_runtime(settings)
         await runtime.start()
         try:
@@ -441,6 +450,96 @@ async def test_a_restarted_analytics_misses_and_repeats_no_fill(
     assert performance.trade_count == 1
     assert cents(money(performance.realized_pnl)) == money(account.balance) - START
     assert store.marks() == expected_marks(ticks, "EURUSD", EURUSD.digits)
+
+
+def submitted(decision_id: str, order_id: str) -> DecisionProvenance:
+    """Risk's record of a decision when it submits its order: no fill yet."""
+    order = NodeRef(NodeKind.ORDER, order_id)
+    return decision_provenance(
+        decision_id,
+        signal_id=decision_id,
+        prediction_id=f"{MODEL}@1:EURUSD@1",
+        model_name=MODEL,
+        model_version="1",
+        feature_row="EURUSD@1",
+        orders={order_id: []},
+        attributes={order: {"idempotency_key": decision_id, "outcome": "submitted"}},
+    )
+
+
+def filled(provenance: DecisionProvenance | None) -> set[tuple[str, str]]:
+    """(order id, fill id) of each order → fill edge of a decision's provenance."""
+    assert provenance is not None
+    return {(e.source.key, e.target.key) for e in provenance.edges if e.relation == "filled_by"}
+
+
+async def test_analytics_attaches_each_fill_to_its_decisions_order(
+    execution: tuple[ServiceRuntime, ExecutionStub],
+    start_analytics: AnalyticsStarter,
+    two_days: ReplaySource,
+    tmp_path: Path,
+) -> None:
+    _, stub = execution
+    ticks = all_ticks(two_days)
+    entry = int(ticks.time_msc[0]) + 2 * H1_MS
+    await advance(stub, entry)
+    # A buy whose stop, 10 pips down, the falling market of these two days triggers: the
+    # broker's stop order inherits the decision ("long").
+    bid = int(ticks.bid[np.searchsorted(ticks.time_msc, entry)])
+    stops = open_order(common_pb2.SIDE_BUY, "0.10", "1") | {
+        "stop_loss": common_pb2.Price(points=bid - 100, digits=5)
+    }
+    opened = await trade(stub, "long", **stops)
+    # Risk recorded the decision when it submitted the order (a graph journal of one
+    # writer at a time: risk's, then analytics').
+    url = f"file:///{tmp_path / 'graph.jsonl'}"
+    graph = open_graph(url)
+    graph.record_provenance(submitted("long", opened.order_id))
+    graph.close()
+    shorted = await trade(stub, "short", **open_order(common_pb2.SIDE_SELL, "0.20", "2"))
+    assert (await advance(stub, END_OF_TIME_MS)).feed_ended
+    fills, last_seq = await fill_reports(stub)
+    by_signal = {
+        key: {(r.order_id, r.broker_deal_id) for r in fills if r.signal_id == key}
+        for key in ("long", "short")
+    }
+    stop_orders = {order for order, _ in by_signal["long"]} - {opened.order_id}
+    assert len(stop_orders) == 1, by_signal  # the stop closed the long: its own order
+    assert {order for order, _ in by_signal["short"]} == {shorted.order_id}
+
+    store = AnalyticsStore(tmp_path / "analytics" / STORE_FILE)
+    async with start_analytics(graph_url=url):
+
+        async def recorded() -> bool:
+            return store.report_cursor() >= last_seq
+
+        await eventually(recorded, "every report")
+    # Stopping attached what was pending and closed the journal.
+    graph = open_graph(url)
+    try:
+        long = graph.provenance("long")
+        assert filled(long) == by_signal["long"]
+        assert long is not None
+        # The opening order keeps what risk recorded; its fill has what execution reported.
+        order = long.node(NodeRef(NodeKind.ORDER, opened.order_id))
+        assert order.attributes["outcome"] == "submitted"
+        [opening] = [r for r in fills if r.order_id == opened.order_id]
+        fill = long.node(NodeRef(NodeKind.FILL, opening.broker_deal_id)).attributes
+        assert (fill["price"], fill["volume"], fill["time_ms"]) == (
+            f"{Decimal(opening.fill_price.points).scaleb(-opening.fill_price.digits).normalize():f}",
+            "0.1",
+            opening.time_ms,
+        )
+        assert fill["commission"] == f"{money(opening.commission).normalize():f} USD"
+        assert {(e.source, e.relation) for e in long.edges if e.target.key in stop_orders} == {
+            (long.root, Relation.ORDERED)
+        }
+        # Risk had not recorded "short": its fill waits, and is there once risk records it.
+        assert graph.provenance("short") is None
+        graph.record_provenance(submitted("short", shorted.order_id))
+        assert filled(graph.provenance("short")) == by_signal["short"]
+    finally:
+        graph.close()
 
 
 async def test_marks_resume_mid_stream_without_gap_or_duplicate(

@@ -9,6 +9,8 @@ import pytest
 
 from quantmesh.storage.graph import (
     DecisionProvenance,
+    NodeKind,
+    NodeRef,
     SymbolEdge,
     decision_provenance,
     open_graph,
@@ -82,3 +84,45 @@ def test_a_closed_graph_refuses_writes_rather_than_dropping_them(tmp_path: Path)
     graph.close()
     with pytest.raises(StoreUnavailableError, match="closed"):
         graph.upsert_symbol(EURUSD)
+
+
+def test_fills_are_journalled_apart_and_known_ones_not_again(tmp_path: Path) -> None:
+    path = tmp_path / "graph.jsonl"
+    url = f"file:///{path}"
+    graph = open_graph(url, SETTING)
+    graph.record_provenance(_decision("dec-1", 0))
+    fill = ("D1", {"price": "1.0851", "volume": "0.1", "time_ms": 1_700_000_000_000})
+    graph.record_fills("dec-1", "ord-1", [fill])
+    graph.record_fills("dec-1", "ord-1", [fill])  # analytics read the report again
+    assert len(path.read_text().splitlines()) == 2
+    graph.record_fills("dec-1", "ord-1", [(fill[0], {**fill[1], "volume": "0.2"})])
+    assert len(path.read_text().splitlines()) == 3  # a changed fill is a write
+    graph.close()
+    graph = open_graph(url, SETTING)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    # Compacted: risk's record without the fill, then the fill on its own, so that a
+    # replayed re-record by risk cannot take it away.
+    assert [next(iter(line)) for line in lines] == ["provenance", "fills"]
+    assert all(e["relation"] != "filled_by" for e in lines[0]["provenance"]["edges"])
+    assert lines[1]["fills"] == {
+        "decision_id": "dec-1",
+        "order_id": "ord-1",
+        "fills": [{"key": "D1", "attributes": {**fill[1], "volume": "0.2"}}],
+    }
+    graph.record_provenance(_decision("dec-1", 0))
+    back = graph.provenance("dec-1")
+    assert back is not None
+    assert back.node(NodeRef(NodeKind.FILL, "D1")).attributes["volume"] == "0.2"
+    graph.close()
+
+
+def test_a_journal_has_one_writer_at_a_time(tmp_path: Path) -> None:
+    url = f"file:///{(tmp_path / 'graph.jsonl').as_posix()}"
+    first = open_graph(url, "QUANTMESH_RISK_GRAPH_URL")
+    with pytest.raises(StoreConfigError, match=r"QUANTMESH_RISK_GRAPH_URL.*another process"):
+        open_graph(url, "QUANTMESH_RISK_GRAPH_URL")
+    first.upsert_symbol(SymbolEdge("EURUSD", "EUR", "USD"))
+    first.close()
+    again = open_graph(url, "QUANTMESH_RISK_GRAPH_URL")  # the lock went with the close
+    assert [edge.symbol for edge in again.symbols()] == ["EURUSD"]
+    again.close()
