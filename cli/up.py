@@ -36,7 +36,7 @@ from rich.live import Live
 from rich.table import Table
 
 from quantmesh.analytics.v1 import analytics_pb2, analytics_pb2_grpc
-from quantmesh.cli.dashboard import Dashboard, latency_rows
+from quantmesh.cli.dashboard import Dashboard, latency_rows, total
 from quantmesh.execution.v1 import execution_pb2, execution_pb2_grpc
 from quantmesh.mesh.launcher import PLATFORM, RunningPipeline, ServiceProcess, local_pipeline
 from quantmesh.observability.audit.store import AuditStore
@@ -217,6 +217,7 @@ def _note(dashboard: Dashboard, live: Live | None, text: str) -> None:
 
 def _summary(running: RunningPipeline, dashboard: Dashboard, home: Path) -> None:
     account, performance, report, states = asyncio.run(_results(running))
+    dashboard.refresh()  # the recorder may have written more while the books settled
     path = home / "report.html"
     path.write_bytes(report.content)
     table = Table(title="replay finished", show_header=False)
@@ -241,6 +242,7 @@ def _summary(running: RunningPipeline, dashboard: Dashboard, home: Path) -> None
         ("replay time", f"{dashboard.finished_at - running['risk'].serving_since:.1f} s"),
         ("accounting", "reconciled" if reconciled else "[red]NOT reconciled[/red]"),
         ("audit log", _audit_state(home)),
+        ("recorded by this run", _recorded(dashboard)),
     ]
     for name, value in rows:
         table.add_row(name, value)
@@ -277,6 +279,16 @@ def _audit_state(home: Path) -> str:
     if check.ok:
         return f"{check.checked:,} records, chain intact"
     return f"[red]chain broken at record {check.broken_index}: {check.reason}[/red]"
+
+
+def _recorded(dashboard: Dashboard) -> str:
+    """What the recorder has stored since it started (a run that continues another
+    records only what the store lacks; the recorder may still be writing its last batch)."""
+    counts = [
+        f"{total(dashboard.samples, 'quantmesh_recorded_rows_total', kind=kind):,.0f} {kind}"
+        for kind in ("ticks", "predictions")
+    ]
+    return ", ".join(counts)
 
 
 def _order_counts(states: Counter[str]) -> str:

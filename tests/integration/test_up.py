@@ -98,6 +98,9 @@ def test_ctrl_c_loses_no_order_and_up_again_finishes_the_replay(tmp_path: Path) 
     assert "NOT reconciled" not in output
     for figure in ("equity", "trades", "win rate", "max drawdown", "execution latency"):
         assert figure in output
+    # The unpaced recorder stored the year's ticks in the first run; this one the rest.
+    recorded = next(line for line in output.splitlines() if "recorded by this run" in line)
+    assert re.search(r"[\d,]+ ticks, [1-9][\d,]* predictions", recorded), recorded
     report = tmp_path / "report.html"
     assert report.exists()
     assert "plot-equity" in report.read_text()
