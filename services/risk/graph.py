@@ -13,12 +13,10 @@ memory for exposure (:attr:`RiskGraph.edges`). A background job reads them again
 (:meth:`RiskGraph.offer`: no I/O, after the decision's orders were submitted). The
 background job builds the provenance (:func:`~quantmesh.services.risk.provenance.
 signal_provenance`) and records it in a worker thread, everything pending in one round.
-The adapter retries a store that blinks with backoff (:mod:`quantmesh.storage.
-resilience`); what it still could not write stays pending, in order, and is tried
-again every ``retry_s``, with a warning each time. Past ``max_pending`` decisions the
-oldest are dropped, with an error naming them: trading goes on whatever the graph store
-does. At shutdown the job writes what is pending, logs what it could not, and closes
-the store.
+What the store cannot take stays pending, is retried, and past ``max_pending`` the
+oldest are dropped with an error naming them (:mod:`quantmesh.storage.pending`): trading
+goes on whatever the graph store does. At shutdown the job writes what is pending, logs
+what it could not, and closes the store.
 
 Unlike the audit log, provenance does not hold the driver's cursor back: a crash loses
 the decisions still pending (the audit log has every one of them).
@@ -28,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -43,16 +40,14 @@ from quantmesh.services.risk.provenance import (
 )
 from quantmesh.services.risk.sizing import SymbolSpec
 from quantmesh.storage.graph import DecisionProvenance, GraphPort, SymbolEdge, open_graph
-from quantmesh.storage.resilience import TRANSIENT, flush_when_woken
+from quantmesh.storage.pending import PendingWrites, WriteResult
+from quantmesh.storage.resilience import TRANSIENT
 from quantmesh.storage.urls import StoreConfigError, StoreUnavailableError
 
 __all__ = ["MAX_PENDING", "RiskGraph"]
 
 # Decisions kept while the store is down (a few KB each): hours of live trading.
 MAX_PENDING = 10_000
-
-# What a write did: how many decisions it handled, and the store failure that stopped it.
-_Written = tuple[int, BaseException | None]
 
 _log = get_logger("risk.graph")
 
@@ -111,14 +106,18 @@ class RiskGraph:
         self.graph = graph
         self._ours = tuple(ours)
         self._edges = tuple(edges)
-        self._refresh_s, self._retry_s, self._max_pending = refresh_s, retry_s, max_pending
-        self._pending: deque[_Pending] = deque()
-        self._wake = asyncio.Event()
-        # The write (and the read of edges) in a worker thread, if one runs: a cancelled
-        # job leaves it running, and closing waits for it before the last write.
-        self._writing: tuple[list[_Pending], asyncio.Future[_Written]] | None = None
+        self._refresh_s = refresh_s
+        self._writes: PendingWrites[_Pending] = PendingWrites(
+            "decision provenance",
+            graph.url,
+            self._write,
+            lambda item: item.decision_id,
+            retry_s=retry_s,
+            max_pending=max_pending,
+        )
+        # The read of edges in a worker thread, if one runs: a cancelled refresh leaves it
+        # running, and closing waits for it.
         self._reading: asyncio.Future[tuple[SymbolEdge, ...]] | None = None
-        self.dropped = 0
 
     @classmethod
     def open(
@@ -195,7 +194,12 @@ class RiskGraph:
     @property
     def pending(self) -> int:
         """Decisions offered and not recorded yet."""
-        return len(self._pending) + (len(self._writing[0]) if self._writing else 0)
+        return self._writes.pending
+
+    @property
+    def dropped(self) -> int:
+        """Decisions dropped because the store stayed down past ``max_pending``."""
+        return self._writes.dropped
 
     def offer(
         self,
@@ -208,28 +212,18 @@ class RiskGraph:
     ) -> None:
         """Queue a decision's provenance (no I/O; call it on the loop once its orders are
         submitted). The messages must not change afterwards."""
-        self._pending.append(_Pending(decision_id, signal, decision, tuple(orders), dry_run))
-        self._bound()
-        self._wake.set()
+        self._writes.offer([_Pending(decision_id, signal, decision, tuple(orders), dry_run)])
 
     async def flush(self) -> bool:
         """Record what is pending; False, keeping what is left, when the store is down."""
-        if not await self._settle():
-            return False
-        if not self._pending:
-            return True
-        batch = list(self._pending)
-        self._pending.clear()
-        future = asyncio.ensure_future(asyncio.to_thread(self._write, batch))
-        self._writing = (batch, future)
-        return await self._settle()
+        return await self._writes.flush()
 
     async def run(self, shutdown: asyncio.Event) -> None:
         """Record offered decisions and refresh the edges until cancelled (the runtime's
         background job); then record what is pending and close the store."""
         refresher = asyncio.create_task(self._refresh_every())
         try:
-            await flush_when_woken(self._wake, self.flush, self._retry_s)
+            await self._writes.run()
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -242,29 +236,10 @@ class RiskGraph:
             await asyncio.sleep(self._refresh_s)
             await self.refresh_edges()
 
-    async def _settle(self) -> bool:
-        """Wait for the write in flight, if any; put back what it could not record."""
-        if self._writing is None:
-            return True
-        batch, future = self._writing
-        done, error = await asyncio.shield(future)  # cancelled: still in flight next time
-        self._writing = None
-        if error is None:
-            return True
-        self._pending.extendleft(reversed(batch[done:]))
-        self._bound()
-        _log.warning(
-            "decision provenance not recorded yet; kept for the next try",
-            url=self.graph.url,
-            pending=len(self._pending),
-            error=str(error),
-        )
-        return False
-
-    def _write(self, batch: list[_Pending]) -> _Written:
-        """Record ``batch`` in order (in a worker thread): how many are done, and the
-        store failure that stopped it, if one did. One that can never be recorded is
-        logged and skipped rather than retried for ever."""
+    def _write(self, batch: list[_Pending]) -> WriteResult[_Pending]:
+        """Record ``batch`` in order (in a worker thread): the decisions it did not get
+        to, and the store failure that stopped it, if one did. One that can never be
+        recorded is logged and skipped rather than retried for ever."""
         for done, item in enumerate(batch):
             try:
                 provenance = item.provenance()
@@ -273,38 +248,18 @@ class RiskGraph:
                     provenance = with_recorded_orders(provenance, recorded)
                 self.graph.record_provenance(provenance)
             except TRANSIENT as error:  # StoreUnavailableError included
-                return done, error
+                return batch[done:], error
             except Exception:
                 _log.exception(
                     "decision provenance cannot be recorded; skipped",
                     decision_id=item.decision_id,
                     signal_id=item.signal.signal_id,
                 )
-        return len(batch), None
-
-    def _bound(self) -> None:
-        excess = len(self._pending) - self._max_pending
-        if excess <= 0:
-            return
-        dropped = [self._pending.popleft().decision_id for _ in range(excess)]
-        self.dropped += excess
-        _log.error(
-            "decision provenance dropped: the graph store has been down too long",
-            url=self.graph.url,
-            dropped=excess,
-            first=dropped[0],
-            last=dropped[-1],
-            max_pending=self._max_pending,
-        )
+        return [], None
 
     async def _close(self, refresher: asyncio.Task[None]) -> None:
         await asyncio.gather(refresher, return_exceptions=True)
         if self._reading is not None:
             await asyncio.gather(self._reading, return_exceptions=True)
-        if not await self.flush():
-            _log.error(
-                "decision provenance not recorded at shutdown",
-                url=self.graph.url,
-                decisions=[item.decision_id for item in self._pending],
-            )
+        await self._writes.close()
         await asyncio.to_thread(self.graph.close)
