@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -11,10 +10,10 @@ from pydantic_settings import SettingsConfigDict
 
 from quantmesh.observability.audit.decisions import AuditSetting, audit_setting
 from quantmesh.runtime.config import ServiceSettings, quantmesh_home
+from quantmesh.storage.graph import shared_url as shared_graph_url
 
 ENV_PREFIX = "QUANTMESH_ANALYTICS_"
 GRAPH_URL_SETTING = f"{ENV_PREFIX}GRAPH_URL"
-SHARED_GRAPH_URL = "QUANTMESH_GRAPH_URL"  # the graph every service shares, unless overridden
 
 # Every symbol quantmesh's sources define: the paper broker trades them all, and their
 # marks also convert profit in other quote currencies (JPY, GBP) into the account's.
@@ -27,7 +26,7 @@ def _default_folder() -> Path:
 
 def _default_graph_url() -> str:
     # No embedded default: fills only complete provenance risk wrote to a shared store.
-    return os.environ.get(SHARED_GRAPH_URL, "")
+    return shared_graph_url(default="")
 
 
 class AnalyticsSettings(ServiceSettings):

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import os
-
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from quantmesh.runtime.config import ServiceSettings
-from quantmesh.storage.graph import DEFAULT_URL as DEFAULT_GRAPH_URL
+from quantmesh.storage import graph, timeseries
 from quantmesh.storage.graph.correlation import DEFAULT_WINDOW
-from quantmesh.storage.timeseries import default_url
 
 ENV_PREFIX = "QUANTMESH_RECORDER_"
 TIMESERIES_URL_SETTING = f"{ENV_PREFIX}TIMESERIES_URL"
 GRAPH_URL_SETTING = f"{ENV_PREFIX}GRAPH_URL"
-# The stores every service shares unless its own setting overrides them (x-stores).
-SHARED_TIMESERIES_URL = "QUANTMESH_TIMESERIES_URL"
-SHARED_GRAPH_URL = "QUANTMESH_GRAPH_URL"
 HOUR_MS = 3_600_000
-
-
-def _default_timeseries_url() -> str:
-    return os.environ.get(SHARED_TIMESERIES_URL) or default_url()
-
-
-def _default_graph_url() -> str:
-    return os.environ.get(SHARED_GRAPH_URL) or DEFAULT_GRAPH_URL
 
 
 class RecorderSettings(ServiceSettings):
@@ -95,7 +81,7 @@ class RecorderSettings(ServiceSettings):
     port: int = Field(default=8009, ge=0, le=65535)
     marketdata_address: str = "127.0.0.1:8001"
     inference_address: str = "127.0.0.1:8006"
-    timeseries_url: str = Field(default_factory=_default_timeseries_url)
+    timeseries_url: str = Field(default_factory=timeseries.shared_url)
     symbols: tuple[str, ...] = ()
     batch_ticks: int = Field(default=50_000, ge=1, le=1_000_000)
     flush_seconds: float = Field(default=1.0, gt=0.0, le=3600.0)
@@ -104,7 +90,7 @@ class RecorderSettings(ServiceSettings):
     record_predictions: bool = True
     prediction_models: tuple[str, ...] = ()
     batch_predictions: int = Field(default=10_000, ge=1, le=1_000_000)
-    graph_url: str = Field(default_factory=_default_graph_url)
+    graph_url: str = Field(default_factory=graph.shared_url)
     correlation_timeframe_ms: int = Field(default=HOUR_MS, ge=1_000, le=7 * 24 * HOUR_MS)
     correlation_window: int = Field(default=DEFAULT_WINDOW, ge=2, le=100_000)
     correlation_every_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)

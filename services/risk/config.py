@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,11 +11,10 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from quantmesh.observability.audit.decisions import AuditSetting, audit_setting
 from quantmesh.runtime.config import ServiceSettings, quantmesh_home
 from quantmesh.services.marketdata.sources import EURGBP, EURUSD, GBPUSD, USDJPY, Symbol
-from quantmesh.storage.graph import DEFAULT_URL as DEFAULT_GRAPH_URL
+from quantmesh.storage.graph import shared_url as shared_graph_url
 
 ENV_PREFIX = "QUANTMESH_RISK_"
 GRAPH_URL_SETTING = f"{ENV_PREFIX}GRAPH_URL"
-SHARED_GRAPH_URL = "QUANTMESH_GRAPH_URL"  # the graph every service shares, unless overridden
 
 # What risk knows about the symbols it sizes: the same table the paper broker trades, so
 # a volume risk approves is on execution's volume step.
@@ -25,10 +23,6 @@ KNOWN_SYMBOLS: dict[str, Symbol] = {s.name: s for s in (EURUSD, GBPUSD, USDJPY, 
 
 def _default_folder() -> Path:
     return quantmesh_home() / "risk"
-
-
-def _default_graph_url() -> str:
-    return os.environ.get(SHARED_GRAPH_URL) or DEFAULT_GRAPH_URL
 
 
 class RiskSettings(ServiceSettings):
@@ -83,7 +77,7 @@ class RiskSettings(ServiceSettings):
     deviation_points: int = Field(default=10, ge=0, le=100_000)
     drive: bool = True
     audit: AuditSetting = audit_setting()
-    graph_url: str = Field(default_factory=_default_graph_url)
+    graph_url: str = Field(default_factory=shared_graph_url)
     graph_refresh_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)
 
     @field_validator("symbols", mode="before")

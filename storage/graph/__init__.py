@@ -14,6 +14,8 @@ See :mod:`.port` for the interface, :mod:`.exposure` for per-currency exposure a
 
 from __future__ import annotations
 
+import os
+
 from quantmesh.storage.graph.port import (
     DecisionProvenance,
     FillRecord,
@@ -33,6 +35,7 @@ from quantmesh.storage.urls import parse_store_url
 __all__ = [
     "DEFAULT_URL",
     "SCHEMES",
+    "SETTING",
     "DecisionProvenance",
     "FillRecord",
     "GraphPort",
@@ -46,8 +49,10 @@ __all__ = [
     "decision_provenance",
     "model_version_key",
     "open_graph",
+    "shared_url",
 ]
 
+SETTING = "QUANTMESH_GRAPH_URL"  # shared by every service; a service's own setting wins
 DEFAULT_URL = "memory://"
 SCHEMES = {
     "memory": "memory://",
@@ -57,7 +62,13 @@ SCHEMES = {
 }
 
 
-def open_graph(url: str = DEFAULT_URL, setting: str = "QUANTMESH_GRAPH_URL") -> GraphPort:
+def shared_url(default: str = DEFAULT_URL) -> str:
+    """``QUANTMESH_GRAPH_URL`` when set, else ``default``: the default of a service's own
+    graph setting, so one variable points every service at the same store."""
+    return os.environ.get(SETTING) or default
+
+
+def open_graph(url: str = DEFAULT_URL, setting: str = SETTING) -> GraphPort:
     """The graph store ``url`` names.
 
     Raises

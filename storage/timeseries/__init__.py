@@ -7,6 +7,8 @@ Both run the same SQL (:mod:`.sql`). See :mod:`.port` for the interface.
 
 from __future__ import annotations
 
+import os
+
 from quantmesh.runtime.config import quantmesh_home
 from quantmesh.storage.resilience import Backoff
 from quantmesh.storage.timeseries.port import (
@@ -24,6 +26,7 @@ from quantmesh.storage.urls import parse_store_url
 
 __all__ = [
     "SCHEMES",
+    "SETTING",
     "AccuracyRow",
     "Bars",
     "PredictedClass",
@@ -35,7 +38,10 @@ __all__ = [
     "TimeseriesPort",
     "default_url",
     "open_timeseries",
+    "shared_url",
 ]
+
+SETTING = "QUANTMESH_TIMESERIES_URL"  # shared by every service; a service's own setting wins
 
 SCHEMES = {
     "chdb": "chdb:///var/timeseries",
@@ -50,9 +56,15 @@ def default_url() -> str:
     return f"chdb:///{home}/timeseries"
 
 
+def shared_url() -> str:
+    """``QUANTMESH_TIMESERIES_URL`` when set, else :func:`default_url`: the default of a
+    service's own timeseries setting, so one variable points every service at one store."""
+    return os.environ.get(SETTING) or default_url()
+
+
 def open_timeseries(
     url: str | None = None,
-    setting: str = "QUANTMESH_TIMESERIES_URL",
+    setting: str = SETTING,
     *,
     backoff: Backoff | None = None,
 ) -> TimeseriesPort:
